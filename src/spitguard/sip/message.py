@@ -1,0 +1,766 @@
+"""SIP requests and responses: parsing, typed access, modification and serialization.
+
+`parse()` is the first thing every packet from the Internet meets, so it frames the
+message, validates the start line and every header the edge relies on (Via, From, To,
+Call-ID, CSeq, Max-Forwards, Content-Length, Contact, Expires, Route, Record-Route,
+Date) up front and caches their typed values; rarer headers are parsed on first access.
+Anything malformed raises `SipParseError`. Messages that are well-formed but that RFC
+3261 says to answer with an error (missing Call-ID, two To headers, a Via without a
+branch ...) parse, and list what is wrong in `defects`, so the guard and proxy decide.
+
+An unmodified message serializes byte-exact (`raw`); once changed it is written
+canonically, with full header names and a recomputed Content-Length.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from .auth import AuthChallenge, AuthCredentials, parse_challenge, parse_credentials
+from .errors import SipParseError
+from .grammar import TOKEN_RE, parse_uint
+from .headers import (
+    BRANCH_COOKIE,
+    COMPACT,
+    MAX_UINT32,
+    ContactStar,
+    CSeq,
+    Event,
+    MediaType,
+    NameAddr,
+    Via,
+    canonical_name,
+    header_key,
+    parse_contacts,
+    parse_cseq,
+    parse_event,
+    parse_media_type,
+    parse_name_addr,
+    parse_name_addrs,
+    parse_token_list,
+    parse_vias,
+)
+from .uri import SipUri, Uri, parse_uri
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Size caps applied before any parsing work; all configurable."""
+
+    max_message_size: int = 65_535  # the largest UDP payload; TCP frames use the same cap
+    max_headers: int = 128
+    max_line_length: int = 8_192
+    max_uri_length: int = 2_048
+
+
+DEFAULT_LIMITS = Limits()
+
+# Headers that carry one value; a second copy is a defect the proxy answers with 400.
+SINGLE_VALUED = ("from", "to", "call-id", "cseq", "max-forwards", "content-type", "expires")
+_REQUIRED = ("via", "from", "to", "call-id", "cseq")
+_NAMES_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+(?:\n[A-Za-z0-9\-.!%*_+`'~]+)*")
+_FOLD_RE = re.compile(r"\r?\n[ \t]+")  # no leading [ \t]*: that would backtrack on long runs
+_DATE_RE = re.compile(
+    r"(Mon|Tue|Wed|Thu|Fri|Sat|Sun), [0-9]{2} "
+    r"(Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) [0-9]{4} "
+    r"[0-9]{2}:[0-9]{2}:[0-9]{2} GMT"
+)
+
+REASONS: dict[int, str] = {
+    100: "Trying",
+    180: "Ringing",
+    181: "Call Is Being Forwarded",
+    182: "Queued",
+    183: "Session Progress",
+    200: "OK",
+    202: "Accepted",
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    407: "Proxy Authentication Required",
+    408: "Request Timeout",
+    415: "Unsupported Media Type",
+    416: "Unsupported URI Scheme",
+    420: "Bad Extension",
+    423: "Interval Too Brief",
+    480: "Temporarily Unavailable",
+    481: "Call/Transaction Does Not Exist",
+    482: "Loop Detected",
+    483: "Too Many Hops",
+    486: "Busy Here",
+    487: "Request Terminated",
+    488: "Not Acceptable Here",
+    500: "Server Internal Error",
+    501: "Not Implemented",
+    503: "Service Unavailable",
+    504: "Server Time-out",
+    505: "Version Not Supported",
+    513: "Message Too Large",
+    603: "Decline",
+}
+
+
+class Message:
+    """Common part of requests and responses."""
+
+    __slots__ = ("_body", "_fields", "_raw", "_typed", "defects")
+
+    kind: ClassVar[str]
+
+    def __init__(
+        self,
+        fields: Iterable[tuple[str, str]] = (),
+        body: bytes = b"",
+    ) -> None:
+        self._fields: list[list[str]] = [[header_key(n), n, v] for n, v in fields]
+        self._body = body
+        self._raw: bytes | None = None
+        self._typed: dict[str, Any] = {}
+        self.defects: tuple[str, ...] = ()
+
+    # --- raw header access -------------------------------------------------------
+    def get(self, name: str) -> str | None:
+        """First value of a header (any spelling or compact form), or None."""
+        key = header_key(name)
+        for k, _, v in self._fields:
+            if k == key:
+                return v
+        return None
+
+    def get_all(self, name: str) -> list[str]:
+        """Every line of a header, in order (comma-joined values stay joined)."""
+        key = header_key(name)
+        return [v for k, _, v in self._fields if k == key]
+
+    def has(self, name: str) -> bool:
+        key = header_key(name)
+        return any(f[0] == key for f in self._fields)
+
+    @property
+    def fields(self) -> Iterator[tuple[str, str]]:
+        """(name as written, value) for every header line."""
+        return ((n, v) for _, n, v in self._fields)
+
+    def _changed(self, key: str) -> None:
+        self._raw = None
+        self._typed.pop(key, None)
+
+    def set(self, name: str, value: object) -> None:
+        """Replace every line of a header with one value (at the first one's place)."""
+        key = header_key(name)
+        text = _header_text(value)
+        out: list[list[str]] = []
+        placed = False
+        for f in self._fields:
+            if f[0] != key:
+                out.append(f)
+            elif not placed:
+                out.append([key, canonical_name(key), text])
+                placed = True
+        if not placed:
+            out.append([key, canonical_name(key), text])
+        self._fields = out
+        self._changed(key)
+
+    def add(self, name: str, value: object, *, first: bool = False) -> None:
+        """Add a header line; with `first`, before any existing line of that header."""
+        key = header_key(name)
+        entry = [key, canonical_name(key), _header_text(value)]
+        if first:
+            for i, f in enumerate(self._fields):
+                if f[0] == key:
+                    self._fields.insert(i, entry)
+                    break
+            else:
+                self._fields.append(entry)
+        else:
+            self._fields.append(entry)
+        self._changed(key)
+
+    def remove(self, name: str) -> None:
+        key = header_key(name)
+        self._fields = [f for f in self._fields if f[0] != key]
+        self._changed(key)
+
+    # --- Via ---------------------------------------------------------------------
+    def push_via(self, via: Via) -> None:
+        self.add("via", via, first=True)
+
+    def pop_via(self) -> Via:
+        """Remove and return the top Via value (splitting a comma-joined line)."""
+        vias = self.vias
+        if not vias:
+            raise SipParseError("missing_header", "via")
+        top = vias[0]
+        for i, f in enumerate(self._fields):
+            if f[0] == "via":
+                rest = parse_vias(f[2])[1:]
+                if rest:
+                    f[2] = ", ".join(str(v) for v in rest)
+                else:
+                    del self._fields[i]
+                break
+        self._changed("via")
+        return top
+
+    # --- typed access --------------------------------------------------------------
+    def _cached(self, key: str, parse: Any) -> Any:
+        typed = self._typed
+        if key in typed:
+            return typed[key]
+        value = parse(self)
+        typed[key] = value
+        return value
+
+    @property
+    def vias(self) -> list[Via]:
+        return self._cached("via", _all_vias)  # type: ignore[no-any-return]
+
+    @property
+    def via(self) -> Via:
+        """The top Via."""
+        vias = self.vias
+        if not vias:
+            raise SipParseError("missing_header", "via")
+        return vias[0]
+
+    @property
+    def from_(self) -> NameAddr:
+        return self._cached("from", _required_name_addr("from"))  # type: ignore[no-any-return]
+
+    @property
+    def to(self) -> NameAddr:
+        return self._cached("to", _required_name_addr("to"))  # type: ignore[no-any-return]
+
+    @property
+    def call_id(self) -> str:
+        return self._cached("call-id", _call_id)  # type: ignore[no-any-return]
+
+    @property
+    def cseq(self) -> CSeq:
+        return self._cached("cseq", _cseq)  # type: ignore[no-any-return]
+
+    @property
+    def max_forwards(self) -> int | None:
+        return self._cached("max-forwards", _max_forwards)  # type: ignore[no-any-return]
+
+    @property
+    def contacts(self) -> list[NameAddr] | ContactStar:
+        """Contact values; `STAR` for `Contact: *`; an empty list when absent."""
+        return self._cached("contact", _contacts)  # type: ignore[no-any-return]
+
+    @property
+    def expires(self) -> int | None:
+        return self._cached("expires", _expires)  # type: ignore[no-any-return]
+
+    @property
+    def routes(self) -> list[NameAddr]:
+        return self._cached("route", _name_addr_list("route"))  # type: ignore[no-any-return]
+
+    @property
+    def record_routes(self) -> list[NameAddr]:
+        return self._cached("record-route", _name_addr_list("record-route"))  # type: ignore[no-any-return]
+
+    @property
+    def paths(self) -> list[NameAddr]:
+        return self._cached("path", _name_addr_list("path"))  # type: ignore[no-any-return]
+
+    @property
+    def content_type(self) -> MediaType | None:
+        return self._cached("content-type", _content_type)  # type: ignore[no-any-return]
+
+    @property
+    def content_length(self) -> int:
+        return len(self._body)
+
+    @property
+    def event(self) -> Event | None:
+        return self._cached("event", _event)  # type: ignore[no-any-return]
+
+    @property
+    def supported(self) -> list[str]:
+        return self._cached("supported", _token_list("supported"))  # type: ignore[no-any-return]
+
+    @property
+    def require(self) -> list[str]:
+        return self._cached("require", _token_list("require"))  # type: ignore[no-any-return]
+
+    @property
+    def proxy_require(self) -> list[str]:
+        return self._cached("proxy-require", _token_list("proxy-require"))  # type: ignore[no-any-return]
+
+    @property
+    def user_agent(self) -> str | None:
+        return self.get("user-agent")
+
+    @property
+    def server(self) -> str | None:
+        return self.get("server")
+
+    @property
+    def authorization(self) -> list[AuthCredentials]:
+        return [parse_credentials(v) for v in self.get_all("authorization")]
+
+    @property
+    def proxy_authorization(self) -> list[AuthCredentials]:
+        return [parse_credentials(v) for v in self.get_all("proxy-authorization")]
+
+    @property
+    def www_authenticate(self) -> list[AuthChallenge]:
+        return [parse_challenge(v) for v in self.get_all("www-authenticate")]
+
+    @property
+    def proxy_authenticate(self) -> list[AuthChallenge]:
+        return [parse_challenge(v) for v in self.get_all("proxy-authenticate")]
+
+    @property
+    def body(self) -> bytes:
+        return self._body
+
+    @body.setter
+    def body(self, value: bytes) -> None:
+        self._body = value
+        self._raw = None
+
+    @property
+    def transaction_branch(self) -> str | None:
+        vias = self.vias
+        return vias[0].branch if vias else None
+
+    # --- serialization -----------------------------------------------------------
+    def start_line(self) -> str:
+        raise NotImplementedError
+
+    @property
+    def modified(self) -> bool:
+        return self._raw is None
+
+    def to_bytes(self) -> bytes:
+        raw = self._raw
+        if raw is not None:
+            return raw
+        lines = [self.start_line()]
+        for key, _, value in self._fields:
+            if key != "content-length":
+                lines.append(f"{canonical_name(key)}: {value}")
+        lines.append(f"Content-Length: {len(self._body)}")
+        head = "\r\n".join(lines).encode("utf-8", "surrogateescape")
+        return head + b"\r\n\r\n" + self._body
+
+    def __bytes__(self) -> bytes:
+        return self.to_bytes()
+
+
+class Request(Message):
+    __slots__ = ("_uri", "method")
+
+    kind = "request"
+
+    def __init__(
+        self,
+        method: str,
+        uri: Uri,
+        fields: Iterable[tuple[str, str]] = (),
+        body: bytes = b"",
+    ) -> None:
+        super().__init__(fields, body)
+        self.method = method
+        self._uri = uri
+
+    @property
+    def uri(self) -> Uri:
+        return self._uri
+
+    @uri.setter
+    def uri(self, value: Uri) -> None:
+        self._uri = value
+        self._raw = None
+
+    def start_line(self) -> str:
+        return f"{self.method} {self._uri} SIP/2.0"
+
+    def __repr__(self) -> str:
+        return f"<Request {self.method} {self._uri}>"
+
+
+class Response(Message):
+    __slots__ = ("reason", "status")
+
+    kind = "response"
+
+    def __init__(
+        self,
+        status: int,
+        reason: str | None = None,
+        fields: Iterable[tuple[str, str]] = (),
+        body: bytes = b"",
+    ) -> None:
+        super().__init__(fields, body)
+        self.status = status
+        self.reason = REASONS.get(status, "Unknown") if reason is None else reason
+
+    def start_line(self) -> str:
+        return f"SIP/2.0 {self.status} {self.reason}"
+
+    @property
+    def provisional(self) -> bool:
+        return self.status < 200
+
+    def __repr__(self) -> str:
+        return f"<Response {self.status} {self.reason}>"
+
+
+# --- typed parsers used by the accessors (and eagerly by parse) ---------------------
+
+
+def _header_text(value: object) -> str:
+    text = value if isinstance(value, str) else str(value)
+    if "\r" in text or "\n" in text:
+        raise ValueError("header values cannot contain line breaks")
+    return text
+
+
+def _all_vias(msg: Message) -> list[Via]:
+    out: list[Via] = []
+    for v in msg.get_all("via"):
+        out.extend(parse_vias(v))
+    return out
+
+
+def _required_name_addr(key: str) -> Any:
+    def parse(msg: Message) -> NameAddr:
+        value = msg.get(key)
+        if value is None:
+            raise SipParseError("missing_header", key)
+        return parse_name_addr(value)
+
+    return parse
+
+
+def _name_addr_list(key: str) -> Any:
+    def parse(msg: Message) -> list[NameAddr]:
+        out: list[NameAddr] = []
+        for v in msg.get_all(key):
+            out.extend(parse_name_addrs(v))
+        return out
+
+    return parse
+
+
+def _token_list(key: str) -> Any:
+    def parse(msg: Message) -> list[str]:
+        out: list[str] = []
+        for v in msg.get_all(key):
+            out.extend(parse_token_list(v))
+        return out
+
+    return parse
+
+
+def _call_id(msg: Message) -> str:
+    value = msg.get("call-id")
+    if value is None:
+        raise SipParseError("missing_header", "call-id")
+    return _check_call_id(value)
+
+
+def _check_call_id(value: str) -> str:
+    if not value or " " in value or "\t" in value:
+        raise SipParseError("bad_call_id", value[:60])
+    return value
+
+
+def _cseq(msg: Message) -> CSeq:
+    value = msg.get("cseq")
+    if value is None:
+        raise SipParseError("missing_header", "cseq")
+    return parse_cseq(value)
+
+
+def _max_forwards(msg: Message) -> int | None:
+    value = msg.get("max-forwards")
+    return None if value is None else parse_uint(value, 255, "bad_max_forwards")
+
+
+def _contacts(msg: Message) -> list[NameAddr] | ContactStar:
+    values = msg.get_all("contact")
+    if len(values) == 1:
+        return parse_contacts(values[0])
+    out: list[NameAddr] = []
+    for v in values:
+        parsed = parse_contacts(v)
+        if isinstance(parsed, ContactStar):
+            raise SipParseError("bad_contact", "'*' mixed with other contacts")
+        out.extend(parsed)
+    return out
+
+
+def _expires(msg: Message) -> int | None:
+    value = msg.get("expires")
+    return None if value is None else parse_uint(value, MAX_UINT32, "bad_expires")
+
+
+def _content_type(msg: Message) -> MediaType | None:
+    value = msg.get("content-type")
+    return None if value is None else parse_media_type(value)
+
+
+def _event(msg: Message) -> Event | None:
+    value = msg.get("event")
+    return None if value is None else parse_event(value)
+
+
+# --- parse ----------------------------------------------------------------------------
+
+
+def parse(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Request | Response:
+    """Parse one SIP message (a UDP datagram or one frame from the stream framer).
+
+    Raises only `SipParseError`. Octets after the Content-Length body are ignored
+    (RFC 3261 §18.3, RFC 4475 dblreq).
+    """
+    try:
+        return _parse(data, limits)
+    except SipParseError:
+        raise
+    except (ValueError, IndexError, KeyError, UnicodeError, OverflowError) as exc:
+        # A grammar corner we did not anticipate: still malformed input, never a crash.
+        raise SipParseError("malformed", type(exc).__name__) from None
+
+
+def _parse(data: bytes, limits: Limits) -> Request | Response:
+    size = len(data)
+    if size > limits.max_message_size:
+        raise SipParseError("too_large", str(size))
+    start = 0
+    while data.startswith(b"\r\n", start):  # RFC 3261 §7.5: ignore leading CRLFs
+        start += 2
+    end = data.find(b"\r\n\r\n", start)
+    if end >= 0:
+        body_start = end + 4
+        eol = "\r\n"
+    else:
+        end = data.find(b"\n\n", start)
+        if end >= 0 and b"\r" not in data[start:end]:
+            body_start = end + 2  # bare-LF line ends, as some hand-made tools send
+            eol = "\n"
+        elif data.endswith(b"\r\n") and size > start + 2:
+            end = body_start = size - 2  # datagram ends without the empty line
+            eol = "\r\n"
+        else:
+            raise SipParseError("no_header_end", "")
+    head = data[start:end].decode("utf-8", "surrogateescape")
+    if not head:
+        raise SipParseError("empty", "")
+    if "\n " in head or "\n\t" in head:
+        head = _FOLD_RE.sub(" ", head)
+    lines = head.split(eol)
+    nlines = len(lines)
+    if nlines > limits.max_headers + 1:
+        raise SipParseError("too_many_headers", str(nlines - 1))
+    if max(map(len, lines)) > limits.max_line_length:
+        raise SipParseError("line_too_long", "")
+    # A CR or LF left inside a line is a bare line break: header injection, not SIP.
+    if head.count("\n") != nlines - 1 or (eol == "\r\n" and head.count("\r") != nlines - 1):
+        raise SipParseError("bare_line_break", "")
+
+    # One pass: split every header, remember each key's first value and its count.
+    fields: list[list[str]] = []
+    first: dict[str, str] = {}
+    counts: dict[str, int] = {}
+    vias: list[str] = []
+    keys: list[str] = []
+    for line in lines[1:]:
+        name, colon, value = line.partition(":")
+        if not colon:
+            raise SipParseError("bad_header", line[:60])
+        lname = name.rstrip().lower()
+        key = COMPACT.get(lname, lname)
+        value = value.strip()
+        fields.append([key, name, value])
+        keys.append(lname)
+        if key in first:
+            counts[key] += 1
+            if key == "via":
+                vias.append(value)
+        else:
+            first[key] = value
+            counts[key] = 1
+            if key == "via":
+                vias.append(value)
+    if keys and _NAMES_RE.fullmatch("\n".join(keys)) is None:
+        bad = next(k for k in keys if TOKEN_RE.fullmatch(k) is None)
+        raise SipParseError("bad_header_name", bad[:60])
+
+    # Body framing by Content-Length; without one (UDP) the body is the rest.
+    rest_len = size - body_start
+    cl = first.get("content-length")
+    if cl is None:
+        body = data[body_start:]
+        raw = data
+    else:
+        length = parse_uint(cl, MAX_UINT32, "bad_content_length")
+        if counts["content-length"] > 1:
+            for key, _, value in fields:
+                if (
+                    key == "content-length"
+                    and parse_uint(value, MAX_UINT32, "bad_content_length") != length
+                ):
+                    raise SipParseError("content_length_conflict", "")
+        if length > rest_len:
+            raise SipParseError("body_truncated", f"{length} > {rest_len}")
+        body = data[body_start : body_start + length]
+        raw = data if length == rest_len else data[: body_start + length]
+    if start:
+        raw = raw[start:]
+
+    line0 = lines[0]
+    msg: Request | Response
+    msg = _response_line(line0) if line0.startswith("SIP/") else _request_line(line0, limits)
+    msg._fields = fields
+    msg._body = body
+    msg._raw = raw
+    _validate(msg, first, counts, vias)
+    return msg
+
+
+def _request_line(line: str, limits: Limits) -> Request:
+    parts = line.split(" ")
+    if len(parts) != 3:
+        raise SipParseError("bad_request_line", line[:80])
+    method, uri_text, version = parts
+    if TOKEN_RE.fullmatch(method) is None:
+        raise SipParseError("bad_method", method[:40])
+    if version.upper() != "SIP/2.0":
+        raise SipParseError("bad_version", version[:20])
+    if not uri_text or uri_text[0] == "<":
+        raise SipParseError("bad_request_uri", uri_text[:60])
+    uri = parse_uri(uri_text, limits.max_uri_length)
+    if isinstance(uri, SipUri) and uri.headers is not None:
+        # Table 1 of RFC 3261 §19.1.1: headers are not allowed in a Request-URI.
+        raise SipParseError("bad_request_uri", "headers in Request-URI")
+    return Request(method, uri)
+
+
+def _response_line(line: str) -> Response:
+    version, _, rest = line.partition(" ")
+    if version.upper() != "SIP/2.0":
+        raise SipParseError("bad_version", version[:20])
+    code = rest[:3]
+    if len(code) != 3 or not code.isdigit() or not code.isascii() or rest[3:4] not in ("", " "):
+        raise SipParseError("bad_status_line", line[:80])
+    status = int(code)
+    if not 100 <= status <= 699:
+        raise SipParseError("bad_status_line", line[:80])
+    return Response(status, rest[4:])
+
+
+def _validate(
+    msg: Request | Response, first: dict[str, str], counts: dict[str, int], via_lines: list[str]
+) -> None:
+    """Parse the headers the edge relies on now (filling the typed cache) and note
+    RFC-level defects."""
+    typed = msg._typed
+    defects: list[str] = []
+    for key in _REQUIRED:
+        if key not in counts:
+            defects.append(f"missing:{key}")
+    for key in SINGLE_VALUED:
+        if counts.get(key, 0) > 1:
+            defects.append(f"multiple:{key}")
+
+    if len(via_lines) == 1:
+        vias = parse_vias(via_lines[0])
+    else:
+        vias = [v for line in via_lines for v in parse_vias(line)]
+    typed["via"] = vias
+    value = first.get("from")
+    if value is not None:
+        typed["from"] = parse_name_addr(value)
+    value = first.get("to")
+    if value is not None:
+        typed["to"] = parse_name_addr(value)
+    value = first.get("call-id")
+    if value is not None:
+        typed["call-id"] = _check_call_id(value)
+    value = first.get("cseq")
+    if value is not None:
+        cseq = typed["cseq"] = parse_cseq(value)
+        if isinstance(msg, Request) and cseq.method != msg.method:
+            raise SipParseError("cseq_method_mismatch", f"{msg.method} / {cseq.method}")
+    value = first.get("max-forwards")
+    if value is not None:
+        typed["max-forwards"] = parse_uint(value, 255, "bad_max_forwards")
+    if "contact" in counts:
+        typed["contact"] = _contacts(msg)
+    value = first.get("expires")
+    if value is not None:
+        typed["expires"] = parse_uint(value, MAX_UINT32, "bad_expires")
+    if "route" in counts:
+        typed["route"] = _name_addr_list("route")(msg)
+    if "record-route" in counts:
+        typed["record-route"] = _name_addr_list("record-route")(msg)
+    value = first.get("date")
+    if value is not None and _DATE_RE.fullmatch(value) is None:
+        raise SipParseError("bad_date", value[:40])
+
+    if isinstance(msg, Request):
+        if "max-forwards" not in counts:
+            defects.append("missing:max-forwards")
+        uri = msg.uri
+        if not isinstance(uri, SipUri) and uri.scheme != "tel":
+            defects.append("uri:scheme")
+    if vias:
+        branch = vias[0].branch
+        if branch is None:
+            defects.append("branch:missing")
+        elif not branch.startswith(BRANCH_COOKIE):
+            defects.append("branch:rfc2543")
+        elif branch == BRANCH_COOKIE:
+            defects.append("branch:empty")
+    if defects:
+        msg.defects = tuple(defects)
+
+
+# --- building messages ----------------------------------------------------------------
+
+
+def make_response(
+    request: Request,
+    status: int,
+    reason: str | None = None,
+    *,
+    to_tag: str | None = None,
+    fields: Iterable[tuple[str, str]] = (),
+    body: bytes = b"",
+) -> Response:
+    """A response to `request` (RFC 3261 §8.2.6): Via, From, To, Call-ID, CSeq copied,
+    the To tag added when given and absent."""
+    out: list[tuple[str, str]] = [("Via", v) for v in request.get_all("via")]
+    out.append(("From", request.get("from") or ""))
+    to = request.get("to") or ""
+    if to_tag is not None and status > 100 and request.to.tag is None:
+        to = f"{to};tag={to_tag}"
+    out.append(("To", to))
+    out.append(("Call-ID", request.get("call-id") or ""))
+    out.append(("CSeq", request.get("cseq") or ""))
+    if status == 100:
+        ts = request.get("timestamp")
+        if ts is not None:
+            out.append(("Timestamp", ts))
+    out.extend(fields)
+    return Response(status, reason, out, body)
+
+
+def short_summary(msg: Message) -> str:
+    """One line for logs: never includes header values that may carry secrets."""
+    if isinstance(msg, Request):
+        return f"{msg.method} {msg.uri}"
+    if isinstance(msg, Response):
+        return f"{msg.status} {msg.reason}"
+    return "?"
