@@ -168,14 +168,18 @@ def test_round_trip_ok(alg: str) -> None:
     assert server.verify(wire, method="REGISTER", ha1=LOOKUP, now=T0 + 1) is DigestResult.OK
 
 
-def test_challenges_sha256_first_and_well_formed() -> None:
+def test_challenges_in_configured_order_and_well_formed() -> None:
+    assert [c.algorithm for c in _server(algorithms=("SHA-256", "MD5")).challenge(T0)] == [
+        "SHA-256",
+        "MD5",
+    ]
     server = _server(algorithms=("MD5", "SHA-256"))
     chs = server.challenge(T0)
-    assert [c.algorithm for c in chs] == ["SHA-256", "MD5"]
+    assert [c.algorithm for c in chs] == ["MD5", "SHA-256"]
     for ch in chs:
         assert ch.realm == REALM and ch.qop_options == ("auth",) and not ch.stale
         assert parse_challenge(format_challenge(ch)) == ch
-    assert select_challenge(reversed(chs)) is chs[0]
+    assert select_challenge(chs) is chs[1]  # the client still prefers SHA-256
 
 
 def test_wrong_password_and_unknown_user_are_both_bad() -> None:

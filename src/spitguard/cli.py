@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterable
 from typing import IO, TYPE_CHECKING, Any, TypeAlias
 
 from . import __version__
+from .cli_inventory import add_inventory_commands
+from .cli_serve import add_serve
 from .sip import (
     DEFAULT_LIMITS,
     ContactStar,
@@ -481,16 +483,4 @@ def emit(stream: IO[str], text: str) -> None:
     stream.flush()
 
 
-def add_serve(subparsers: Subparsers) -> None:
-    p = subparsers.add_parser("serve", help="run the SIP edge, boot server and portal")
-    p.add_argument("--config", type=str, default=None, help="TOML configuration file")
-    p.set_defaults(handler=_serve_stub)
-
-
-def _serve_stub(args: argparse.Namespace) -> int:
-    # Placeholder until the edge lands: says so plainly instead of pretending to serve.
-    print(f"spitguard {__version__}: the SIP edge is not built yet; `spitguard inspect` works.")
-    return EXIT_OK
-
-
-COMMANDS: list[Callable[[Subparsers], None]] = [add_inspect, add_serve]
+COMMANDS: list[Callable[[Subparsers], None]] = [add_inspect, add_serve, add_inventory_commands]

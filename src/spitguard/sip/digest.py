@@ -262,8 +262,8 @@ class DigestServer:
                 algs.append(alg)
         if not algs:
             raise ValueError("at least one algorithm is required")
-        # RFC 8760 §2.4: challenges in preference order, SHA-256 before MD5.
-        algs.sort(key=lambda a: _PREFERENCE[a.name.lower()])
+        # RFC 8760 §2.4: challenges go out in the caller's order of preference. Many desk
+        # phones read only the first challenge and know only MD5, so the order is policy.
         self._secret = secret
         self.realm = realm
         self._ttl_ms = int(nonce_ttl * 1000)

@@ -1,0 +1,370 @@
+"""Wires the parts into one asyncio process: store, directory, transports, proxy, timers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import hashlib
+import logging
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from . import __version__
+from .config import Settings
+from .proxy.auth import Authenticator
+from .proxy.core import Proxy, ProxyConfig, response_tag
+from .proxy.directory import Directory
+from .proxy.location import Binding, Location
+from .proxy.nat import NatClassifier, NatInfo
+from .proxy.registrar import Registrar, RegistrarPolicy
+from .sip.errors import SipParseError
+from .sip.message import Limits
+from .sip.uri import SipUri, parse_uri
+from .store.crypto import load_or_create_key
+from .store.db import Store, open_store
+from .store.repos import BindingRecord
+from .transport.flow import Flow, FlowTokens, Target
+from .transport.layer import TransportLayer
+from .transport.tls import client_context, ensure_self_signed, server_context
+
+log = logging.getLogger(__name__)
+
+DIRECTORY_POLL = 1.0  # seconds between checks of the store's inventory revision
+HOUSEKEEPING = 1.0  # Timer C, binding expiry
+
+
+def derive_secret(key: bytes, purpose: str) -> bytes:
+    """A per-purpose secret from the installation key (digest nonces, flow tokens, tags)."""
+    return hashlib.sha256(b"spitguard|" + purpose.encode() + b"|" + key).digest()
+
+
+@dataclass
+class Listening:
+    transport: str
+    host: str
+    port: int
+
+
+class Edge:
+    """The running edge. `start()` binds and loads; `stop()` shuts down cleanly."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.store: Store | None = None
+        self.directory = Directory()
+        self.location = Location()
+        self.transport: TransportLayer | None = None
+        self.proxy: Proxy | None = None
+        self.listening: list[Listening] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._dirty: dict[tuple[str, str], Binding | None] = {}
+        self._flush = asyncio.Event()
+
+    # --- lifecycle ----------------------------------------------------------------------
+    async def start(self) -> None:
+        s = self.settings
+        self.store = await open_store(s)
+        key = load_or_create_key(s)
+        await self.reload_directory(force=True)
+
+        tls_server = None
+        if any(listen.transport == "tls" for listen in s.sip.listen):
+            host = s.sip.effective_advertised_host
+            ensure_self_signed(s.tls_cert_file, s.tls_key_file, host)
+            tls_server = server_context(s.tls_cert_file, s.tls_key_file)
+        self.transport = TransportLayer(
+            self._receive,
+            limits=Limits(max_message_size=s.sip.max_message_size),
+            tls_server=tls_server,
+            tls_client=client_context(verify=False),
+        )
+        ports: dict[str, int] = {}
+        hosts: list[str] = []
+        for listen in s.sip.listen:
+            host, port = await self.transport.listen(listen.transport, listen.host, listen.port)
+            self.listening.append(Listening(listen.transport, host, port))
+            ports.setdefault(listen.transport, port)
+            hosts.append(host)
+
+        upstream: list[Target] = []
+        for uri in s.upstream.target_uris:
+            transport = uri.transport or "udp"
+            default = 5061 if transport == "tls" else 5060
+            upstream.append(Target(transport, uri.host, uri.port or default))
+        config = ProxyConfig(
+            host=s.sip.effective_advertised_host,
+            ports=ports,
+            upstream=tuple(upstream),
+            trusted_networks=tuple(s.upstream.trusted_sources),
+            local_hosts=tuple(hosts),
+            user_agent=s.sip.user_agent,
+        )
+        tag_secret = derive_secret(key, "tag")
+        auth = Authenticator(
+            self.directory,
+            derive_secret(key, "digest"),
+            nonce_ttl=s.registrar.nonce_ttl,
+            algorithms=tuple(getattr(s.registrar, "digest_algorithms", ("MD5", "SHA-256"))),
+        )
+        self.proxy = Proxy(
+            config,
+            directory=self.directory,
+            location=self.location,
+            registrar=Registrar(
+                self.directory,
+                self.location,
+                auth,
+                NatClassifier(),
+                RegistrarPolicy(
+                    min_expires=s.registrar.min_expires,
+                    max_expires=s.registrar.max_expires,
+                    default_expires=s.registrar.default_expires,
+                ),
+                to_tag=functools.partial(response_tag, secret=tag_secret),
+            ),
+            auth=auth,
+            tokens=FlowTokens(derive_secret(key, "flow-token")),
+            output=self.transport,
+            wall_clock=time.time,
+            clock=asyncio.get_running_loop().time,
+            on_bindings_changed=self._bindings_changed,
+            tag_secret=tag_secret,
+        )
+        await self._load_bindings()
+        self._spawn(self._directory_loop())
+        self._spawn(self._writer_loop())
+        self._spawn(self._housekeeping_loop())
+        self._spawn(self._keepalive_loop())
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        if self._timer is not None:
+            self._timer.cancel()
+        if self.transport is not None:
+            await self.transport.close()
+        await self._write_dirty()
+        if self.store is not None:
+            await self.store.close()
+
+    def _spawn(self, coro: object) -> None:
+        self._tasks.append(asyncio.get_running_loop().create_task(coro))  # type: ignore[arg-type]
+
+    # --- packets and timers ---------------------------------------------------------------
+    def _receive(self, data: bytes, flow: Flow) -> None:
+        proxy = self.proxy
+        if proxy is None:
+            return
+        proxy.receive(data, flow)
+        self._arm_timer()
+
+    def _arm_timer(self) -> None:
+        proxy = self.proxy
+        if proxy is None:
+            return
+        deadline = proxy.next_deadline()
+        if deadline is None or (self._timer_at is not None and self._timer_at <= deadline):
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = deadline
+        self._timer = asyncio.get_running_loop().call_at(deadline, self._fire)
+
+    def _fire(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        if self.proxy is not None:
+            self.proxy.on_timer()
+        self._arm_timer()
+
+    async def _housekeeping_loop(self) -> None:
+        while True:
+            await asyncio.sleep(HOUSEKEEPING)
+            if self.proxy is not None:
+                self.proxy.housekeeping()
+                self._arm_timer()
+            gone = self.location.expire(time.time())
+            if gone:
+                self._bindings_changed([], gone)
+
+    async def _keepalive_loop(self) -> None:
+        s = self.settings.keepalive
+        interval = min(s.udp_interval, s.stream_interval)
+        last_stream = time.monotonic()
+        while True:
+            await asyncio.sleep(interval)
+            if self.proxy is None:
+                continue
+            now = time.monotonic()
+            streams = now - last_stream >= s.stream_interval
+            if streams:
+                last_stream = now
+            self.proxy.keepalive(udp_method=s.udp_method, streams=streams)
+
+    # --- directory ------------------------------------------------------------------------
+    async def reload_directory(self, *, force: bool = False) -> bool:
+        store = self.store
+        assert store is not None
+        revision = await store.get_revision()
+        if not force and revision == self.directory.revision:
+            return False
+        tenants = await store.tenants.list()
+        entries = await store.lines.load_directory()
+        self.directory.replace(
+            [(d, t.id) for t in tenants for d in t.domains],
+            [(e.tenant_id, e.aor, e.auth_user, e.domain, e.password) for e in entries],
+            revision,
+        )
+        log.info("directory loaded: %d lines, revision %d", len(self.directory), revision)
+        return True
+
+    async def _directory_loop(self) -> None:
+        while True:
+            await asyncio.sleep(DIRECTORY_POLL)
+            try:
+                await self.reload_directory()
+            except Exception:  # the store may be busy; the old snapshot keeps working
+                log.exception("directory reload failed; keeping the previous one")
+
+    # --- bindings persistence -------------------------------------------------------------
+    def _bindings_changed(self, added: list[Binding], removed: list[Binding]) -> None:
+        # Coalesced by (aor, contact): a phone re-registering every minute costs one row
+        # write per flush, and the pending map never outgrows the number of bindings.
+        for b in removed:
+            self._dirty[(b.aor, str(b.contact))] = None
+        for b in added:
+            self._dirty[(b.aor, str(b.contact))] = b
+        self._flush.set()
+
+    async def _writer_loop(self) -> None:
+        while True:
+            await self._flush.wait()
+            self._flush.clear()
+            try:
+                await self._write_dirty()
+            except Exception:
+                log.exception("persisting bindings failed; will retry")
+                await asyncio.sleep(1.0)
+                self._flush.set()
+            await asyncio.sleep(0.2)  # batch what arrives meanwhile
+
+    async def _write_dirty(self) -> None:
+        store = self.store
+        if store is None or not self._dirty:
+            return
+        batch, self._dirty = self._dirty, {}
+        try:
+            for (aor, contact), b in batch.items():
+                if b is None:
+                    await store.bindings.delete(aor, contact)
+                else:
+                    await store.bindings.upsert(_record(b))
+        except BaseException:
+            for k, v in batch.items():  # keep what was not written for the next try
+                self._dirty.setdefault(k, v)
+            raise
+
+    async def _load_bindings(self) -> None:
+        assert self.store is not None
+        now = time.time()
+        for rec in await self.store.bindings.load_all():
+            if rec.expires_at <= now:
+                continue
+            try:
+                uri = parse_uri(rec.contact)
+            except SipParseError:
+                continue
+            if not isinstance(uri, SipUri):
+                continue
+            key = (
+                f"{rec.instance};reg-id={rec.reg_id}"
+                if rec.instance and rec.reg_id is not None
+                else str(uri)
+            )
+            flow = Flow(
+                rec.transport,
+                rec.local_host,
+                rec.local_port,
+                rec.remote_host,
+                rec.remote_port,
+                rec.conn_id,
+            )
+            self.location.put(
+                Binding(
+                    aor=rec.aor,
+                    key=key,
+                    contact=uri,
+                    tenant_id=rec.tenant_id,
+                    call_id=rec.call_id,
+                    cseq=rec.cseq,
+                    expires_at=rec.expires_at,
+                    flow=flow,
+                    received_at=rec.received_at,
+                    nat=NatInfo.from_json(rec.nat),
+                    instance=rec.instance,
+                    reg_id=rec.reg_id,
+                    q=rec.q,
+                    path=rec.path,
+                    user_agent=rec.user_agent,
+                )
+            )
+
+
+def _record(b: Binding) -> BindingRecord:
+    return BindingRecord(
+        tenant_id=b.tenant_id,
+        aor=b.aor,
+        contact=str(b.contact),
+        call_id=b.call_id,
+        cseq=b.cseq,
+        expires_at=b.expires_at,
+        transport=b.flow.transport,
+        local_host=b.flow.local_host,
+        local_port=b.flow.local_port,
+        remote_host=b.flow.remote_host,
+        remote_port=b.flow.remote_port,
+        conn_id=b.flow.conn_id,
+        received_at=b.received_at,
+        instance=b.instance,
+        reg_id=b.reg_id,
+        q=b.q,
+        path=b.path,
+        user_agent=b.user_agent,
+        nat=b.nat.to_json(),
+    )
+
+
+async def run(settings: Settings, *, ready: Callable[[Edge], None] | None = None) -> None:
+    """Serve until SIGTERM or SIGINT, then shut down cleanly."""
+    edge = Edge(settings)
+    await edge.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    if ready is not None:
+        ready(edge)
+    try:
+        await stop.wait()
+    finally:
+        await edge.stop()
+
+
+def banner(edge: Edge) -> str:
+    s = edge.settings
+    sip = ", ".join(f"{x.transport} {x.host}:{x.port}" for x in edge.listening)
+    return (
+        f"spitguard {__version__} ready\n"
+        f"  SIP edge:  {sip}\n"
+        f"  data:      {s.data_dir}/ ({s.effective_database_url.split(':', 1)[0]})\n"
+        f"  lines:     {len(edge.directory)} loaded, {len(edge.location)} bindings restored\n"
+    )

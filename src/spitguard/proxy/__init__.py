@@ -1,0 +1,1 @@
+"""The edge proper: registrar, location service, NAT classification, stateful proxy."""

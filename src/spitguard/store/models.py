@@ -1,0 +1,155 @@
+"""Tables of the store (SQLAlchemy 2 typed declarative mapping).
+
+Schema changes go through a new Alembic revision in migrations/versions/; a test checks
+that the migrations produce exactly these tables. Timestamps of inventory rows are aware
+UTC datetimes; binding times are float epochs because the location service compares them
+with its injected clock on every request.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    Dialect,
+    Float,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+# Deterministic constraint names, so later migrations can alter them on every backend.
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+INVENTORY_REVISION_KEY = "inventory"
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes on every backend (SQLite would hand back naive ones)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given where an aware UTC datetime is required")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Tenant(Base):
+    __tablename__ = "tenants"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+    # lazy="raise": under asyncio an implicit lazy load would fail obscurely; load explicitly.
+    domains: Mapped[list[Domain]] = relationship(
+        back_populates="tenant", order_by="Domain.name", lazy="raise"
+    )
+
+    def __repr__(self) -> str:
+        return f"Tenant(id={self.id!r}, name={self.name!r})"
+
+
+class Domain(Base):
+    __tablename__ = "domains"
+    __table_args__ = (CheckConstraint("name = lower(name)", name="name_lower_case"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(253), unique=True)
+
+    tenant: Mapped[Tenant] = relationship(back_populates="domains", lazy="raise")
+
+    def __repr__(self) -> str:
+        return f"Domain(id={self.id!r}, name={self.name!r}, tenant_id={self.tenant_id!r})"
+
+
+class Line(Base):
+    __tablename__ = "lines"
+    __table_args__ = (UniqueConstraint("domain_id", "auth_user"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    # The AOR's domain: auth users are unique per domain, as digest usernames are per realm.
+    domain_id: Mapped[int] = mapped_column(ForeignKey("domains.id", ondelete="CASCADE"))
+    aor: Mapped[str] = mapped_column(String(320), unique=True)
+    auth_user: Mapped[str] = mapped_column(String(128))
+    password_enc: Mapped[bytes] = mapped_column(LargeBinary)
+    display_name: Mapped[str | None] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+    def __repr__(self) -> str:  # password_enc left out on purpose
+        return f"Line(id={self.id!r}, aor={self.aor!r}, auth_user={self.auth_user!r})"
+
+
+class Binding(Base):
+    """One registered contact of an AOR, with where and how it reached us."""
+
+    __tablename__ = "bindings"
+    __table_args__ = (UniqueConstraint("aor", "contact"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    aor: Mapped[str] = mapped_column(String(320), index=True)
+    contact: Mapped[str] = mapped_column(String(2048))
+    instance: Mapped[str | None] = mapped_column(String(256))
+    reg_id: Mapped[int | None] = mapped_column(Integer)
+    call_id: Mapped[str] = mapped_column(String(256))
+    cseq: Mapped[int] = mapped_column(BigInteger)
+    expires_at: Mapped[float] = mapped_column(Float)
+    q: Mapped[float | None] = mapped_column(Float)
+    path: Mapped[list[str]] = mapped_column(JSON)
+    transport: Mapped[str] = mapped_column(String(8))
+    local_host: Mapped[str] = mapped_column(String(64))
+    local_port: Mapped[int] = mapped_column(Integer)
+    remote_host: Mapped[str] = mapped_column(String(64))
+    remote_port: Mapped[int] = mapped_column(Integer)
+    conn_id: Mapped[int] = mapped_column(BigInteger)
+    user_agent: Mapped[str | None] = mapped_column(Text)
+    nat_json: Mapped[dict[str, Any]] = mapped_column(JSON)
+    received_at: Mapped[float] = mapped_column(Float)
+
+    def __repr__(self) -> str:
+        return f"Binding(id={self.id!r}, aor={self.aor!r}, contact={self.contact!r})"
+
+
+class Revision(Base):
+    """Change counters; the "inventory" row is bumped by every tenant/domain/line write."""
+
+    __tablename__ = "revision"
+
+    key: Mapped[str] = mapped_column(String(32), primary_key=True)
+    value: Mapped[int] = mapped_column(BigInteger)

@@ -1,0 +1,110 @@
+"""Flows: which socket or connection, and which remote address, a message travels on.
+
+Phones sit behind NAT, so the only way to reach one is back through the exact flow its
+REGISTER came in on: the same UDP socket to the same public address and port, or the
+same TCP/TLS connection (RFC 5626). A `Flow` names that path; a `FlowToken` is its signed,
+opaque form, carried in Record-Route and Contact so later requests find the way back
+without the edge keeping per-dialog state.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+from dataclasses import dataclass
+
+TRANSPORTS = ("udp", "tcp", "tls")
+
+
+@dataclass(frozen=True, slots=True)
+class Flow:
+    """A path to a peer: transport, our local address, the peer's address, connection id.
+
+    `conn_id` is 0 for UDP (the local socket and remote address identify the flow) and a
+    process-unique number for each TCP/TLS connection.
+    """
+
+    transport: str
+    local_host: str
+    local_port: int
+    remote_host: str
+    remote_port: int
+    conn_id: int = 0
+
+    @property
+    def reliable(self) -> bool:
+        return self.transport != "udp"
+
+    @property
+    def remote(self) -> tuple[str, int]:
+        return (self.remote_host, self.remote_port)
+
+    def __str__(self) -> str:
+        conn = f"#{self.conn_id}" if self.conn_id else ""
+        return f"{self.transport}:{self.remote_host}:{self.remote_port}{conn}"
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where to send when there is no flow yet: transport and address (e.g. the upstream)."""
+
+    transport: str
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.transport}:{self.host}:{self.port}"
+
+
+class FlowTokens:
+    """Encode flows and targets into HMAC-signed tokens (RFC 5626 §5.2 flow tokens).
+
+    Signed so that nobody can hand the edge a Route naming an arbitrary address and turn
+    it into an open relay; a token that fails the check is treated as absent.
+    """
+
+    __slots__ = ("_key",)
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) < 16:
+            raise ValueError("flow token key must be at least 16 bytes")
+        self._key = key
+
+    def _mac(self, payload: bytes) -> bytes:
+        return hmac.new(self._key, payload, hashlib.sha256).digest()[:12]
+
+    def encode(self, where: Flow | Target) -> str:
+        if isinstance(where, Flow):
+            text = (
+                f"f|{where.transport}|{where.local_host}|{where.local_port}|"
+                f"{where.remote_host}|{where.remote_port}|{where.conn_id}"
+            )
+        else:
+            text = f"t|{where.transport}|{where.host}|{where.port}"
+        payload = text.encode()
+        raw = self._mac(payload) + payload
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+    def decode(self, token: str) -> Flow | Target | None:
+        """The flow or target a token names, or None when it is not one of ours."""
+        if not token or len(token) > 256:
+            return None
+        try:
+            raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        except ValueError:
+            return None
+        mac, payload = raw[:12], raw[12:]
+        if len(mac) != 12 or not hmac.compare_digest(mac, self._mac(payload)):
+            return None
+        try:
+            parts = payload.decode().split("|")
+            if parts[0] == "f" and len(parts) == 7:
+                return Flow(
+                    parts[1], parts[2], int(parts[3]), parts[4], int(parts[5]), int(parts[6])
+                )
+            if parts[0] == "t" and len(parts) == 4:
+                return Target(parts[1], parts[2], int(parts[3]))
+        except (UnicodeDecodeError, ValueError):
+            return None
+        return None
