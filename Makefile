@@ -21,7 +21,7 @@ deps:
 	@bash scripts/install-deps.sh
 
 run: $(STAMP)
-	$(VENV)/bin/spitguard serve
+	$(VENV)/bin/spitguard serve --demo
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench

@@ -67,7 +67,7 @@ def test_defaults_are_the_embedded_default() -> None:
         3600,
         3600,
     )
-    assert s.registrar.nonce_ttl == 300 and s.registrar.realm is None
+    assert s.registrar.nonce_ttl == 300 and s.registrar.digest_algorithms == ["MD5", "SHA-256"]
     assert s.upstream.targets == [] and s.upstream.trusted_sources == []
     assert s.keepalive.udp_interval == 25.0 and s.keepalive.udp_method == "options"
     assert s.keepalive.stream_interval == 90.0
@@ -103,7 +103,7 @@ def test_toml_file(tmp_path: Path) -> None:
             min_expires = 30
             default_expires = 600
             max_expires = 1200
-            realm = "voip.example.net"
+            digest_algorithms = ["SHA-256"]
             [upstream]
             targets = ["sip:127.0.2.1:5060;transport=udp"]
             trusted_sources = ["127.0.2.1", "10.1.2.3/24"]
@@ -123,6 +123,7 @@ def test_toml_file(tmp_path: Path) -> None:
     ]
     assert s.sip.effective_advertised_host == "edge.example.net"
     assert s.tls_cert_file == cert and s.tls_key_file == key
+    assert s.registrar.digest_algorithms == ["SHA-256"]
     assert (s.registrar.min_expires, s.registrar.default_expires) == (30, 600)
     assert s.upstream.trusted_sources == ["127.0.2.1/32", "10.1.2.0/24"]
     uri = s.upstream.target_uris[0]
@@ -241,7 +242,8 @@ INVALID = [
     ("[registrar]\nmin_expires=0", "registrar.min_expires", "greater than or equal to 1"),
     ("[registrar]\nnonce_ttl=0", "registrar.nonce_ttl", "greater than 0"),
     ("[upstream]\ntrusted_sources=['127.0.2.1/33']", "upstream.trusted_sources[0]", "CIDR"),
-    ("[upstream]\ntrusted_sources=['pbx.example.com']", "upstream.trusted_sources[0]", "CIDR"),
+    ("[upstream]\ntrusted_sources=['10.0.0.300']", "upstream.trusted_sources[0]", "CIDR"),
+    ("[guard]\npeers=['bad name!']", "guard.peers[0]", "DNS name"),
     ("[upstream]\ntargets=['http://127.0.2.1']", "upstream.targets[0]", "SIP URI"),
     ("[upstream]\ntargets=['tel:+15551234']", "upstream.targets[0]", "SIP URI"),
     ("[upstream]\ntargets=['sip:127.0.2.1;transport=ws']", "upstream.targets[0]", "transport"),

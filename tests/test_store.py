@@ -33,6 +33,19 @@ from spitguard.store import (
 )
 from spitguard.store.models import Base
 
+# The newest migration: tests check that opening a store brings the schema to it.
+HEAD = sorted(
+    p.stem.split("_", 1)[0]
+    for p in (
+        Path(__file__).resolve().parents[1]
+        / "src"
+        / "spitguard"
+        / "store"
+        / "migrations"
+        / "versions"
+    ).glob("[0-9]*_*.py")
+)[-1]
+
 T = TypeVar("T")
 PASSWORD = "Plaintext-Passw0rd-4711"
 TABLES = {"tenants", "domains", "lines", "bindings", "revision", "alembic_version"}
@@ -90,8 +103,10 @@ def test_migrations_create_the_schema_from_empty(tmp_path: Path) -> None:
     assert stat.S_IMODE(db_path(s).stat().st_mode) == 0o600
     tables = {row[0] for row in raw_query(s, "SELECT name FROM sqlite_master WHERE type='table'")}
     assert tables >= TABLES
-    assert raw_query(s, "SELECT version_num FROM alembic_version") == [("0001",)]
+    assert raw_query(s, "SELECT version_num FROM alembic_version") == [(HEAD,)]
     assert raw_query(s, "PRAGMA journal_mode") == [("wal",)]
+    [(domains_sql,)] = raw_query(s, "SELECT sql FROM sqlite_master WHERE name = 'domains'")
+    assert "CONSTRAINT ck_domains_name_lower_case CHECK" in str(domains_sql)
 
 
 def test_migrations_are_idempotent_and_keep_data(tmp_path: Path) -> None:
@@ -100,23 +115,26 @@ def test_migrations_are_idempotent_and_keep_data(tmp_path: Path) -> None:
     schema = raw_query(s, "SELECT sql FROM sqlite_master ORDER BY name")
     assert with_store(s, lambda store: store.tenants.list())[0].name == "acme"
     assert raw_query(s, "SELECT sql FROM sqlite_master ORDER BY name") == schema
-    assert raw_query(s, "SELECT version_num FROM alembic_version") == [("0001",)]
+    assert raw_query(s, "SELECT version_num FROM alembic_version") == [(HEAD,)]
 
 
-def test_concurrent_first_opens_agree(tmp_path: Path) -> None:
+@pytest.mark.parametrize("attempt", range(5))
+def test_concurrent_first_opens_agree(tmp_path: Path, attempt: int) -> None:
+    """Server and CLI starting together on a fresh file: WAL switch and migration race."""
     s = settings_for(tmp_path)
     s.data_dir.mkdir()
     load_or_create_key(s)
 
     async def run() -> list[int]:
-        stores = await asyncio.gather(open_store(s), open_store(s), open_store(s))
+        stores = await asyncio.gather(*(open_store(s) for _ in range(4)))
         try:
             return [await st.get_revision() for st in stores]
         finally:
             for st in stores:
                 await st.close()
 
-    assert asyncio.run(run()) == [0, 0, 0]
+    assert asyncio.run(run()) == [0, 0, 0, 0]
+    assert raw_query(s, "SELECT version_num FROM alembic_version") == [(HEAD,)]
 
 
 def test_migrations_match_the_models(tmp_path: Path) -> None:

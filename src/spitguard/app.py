@@ -14,6 +14,12 @@ from dataclasses import dataclass
 
 from . import __version__
 from .config import Settings
+from .demo import ensure_demo
+from .guard.bans import Ban
+from .guard.build import build_guard
+from .guard.core import REJECT, Guard
+from .guard.trusted import TrustedSources
+from .metrics import serve_metrics
 from .proxy.auth import Authenticator
 from .proxy.core import Proxy, ProxyConfig, response_tag
 from .proxy.directory import Directory
@@ -21,7 +27,7 @@ from .proxy.location import Binding, Location
 from .proxy.nat import NatClassifier, NatInfo
 from .proxy.registrar import Registrar, RegistrarPolicy
 from .sip.errors import SipParseError
-from .sip.message import Limits
+from .sip.message import Limits, Request, Response, make_response, parse
 from .sip.uri import SipUri, parse_uri
 from .store.crypto import load_or_create_key
 from .store.db import Store, open_store
@@ -51,25 +57,36 @@ class Listening:
 class Edge:
     """The running edge. `start()` binds and loads; `stop()` shuts down cleanly."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, demo: bool = False) -> None:
         self.settings = settings
+        self.demo = demo
+        self.demo_lines: list[tuple[str, str]] = []
         self.store: Store | None = None
         self.directory = Directory()
         self.location = Location()
         self.transport: TransportLayer | None = None
         self.proxy: Proxy | None = None
+        self.guard: Guard | None = None
+        self.trusted = TrustedSources({})
+        self._bans_revision = 0
         self.listening: list[Listening] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._dirty: dict[tuple[str, str], Binding | None] = {}
         self._flush = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._ban_dirty: dict[str, Ban | None] = {}
+        self.events_written = 0
+        self.metrics_server: asyncio.Server | None = None
 
     # --- lifecycle ----------------------------------------------------------------------
     async def start(self) -> None:
         s = self.settings
         self.store = await open_store(s)
         key = load_or_create_key(s)
+        if self.demo:
+            self.demo_lines = await ensure_demo(self.store)
         await self.reload_directory(force=True)
 
         tls_server = None
@@ -100,16 +117,28 @@ class Edge:
             host=s.sip.effective_advertised_host,
             ports=ports,
             upstream=tuple(upstream),
-            trusted_networks=tuple(s.upstream.trusted_sources),
             local_hosts=tuple(hosts),
             user_agent=s.sip.user_agent,
+        )
+        self.trusted = TrustedSources(
+            {"upstream": s.upstream.trusted_sources, "peers": s.guard.peers},
+            nameservers=s.guard.nameservers,
+            timeout=s.guard.dns_timeout,
+        )
+        await self.trusted.refresh_all()
+        self.guard = build_guard(
+            s,
+            trusted=self.trusted.contains,
+            location=self.location,
+            directory=self.directory,
+            on_ban=self._banned,
         )
         tag_secret = derive_secret(key, "tag")
         auth = Authenticator(
             self.directory,
             derive_secret(key, "digest"),
             nonce_ttl=s.registrar.nonce_ttl,
-            algorithms=tuple(getattr(s.registrar, "digest_algorithms", ("MD5", "SHA-256"))),
+            algorithms=tuple(s.registrar.digest_algorithms),
         )
         self.proxy = Proxy(
             config,
@@ -133,15 +162,27 @@ class Edge:
             wall_clock=time.time,
             clock=asyncio.get_running_loop().time,
             on_bindings_changed=self._bindings_changed,
+            on_auth=self._auth_result,
+            trusted=lambda ip: self.trusted.contains(ip) is not None,
             tag_secret=tag_secret,
         )
         await self._load_bindings()
+        await self._load_bans()
+        self._spawn(self.trusted.run(self._stopping))
+        self._spawn(self._events_loop())
         self._spawn(self._directory_loop())
         self._spawn(self._writer_loop())
         self._spawn(self._housekeeping_loop())
         self._spawn(self._keepalive_loop())
+        if s.metrics.enabled:
+            self.metrics_server = await serve_metrics(
+                s.metrics.host, s.metrics.port, self.metrics_snapshot
+            )
 
     async def stop(self) -> None:
+        self._stopping.set()
+        if self.metrics_server is not None:
+            self.metrics_server.close()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -153,6 +194,7 @@ class Edge:
         if self.transport is not None:
             await self.transport.close()
         await self._write_dirty()
+        await self._write_guard_state()
         if self.store is not None:
             await self.store.close()
 
@@ -161,11 +203,124 @@ class Edge:
 
     # --- packets and timers ---------------------------------------------------------------
     def _receive(self, data: bytes, flow: Flow) -> None:
+        """transport -> parse -> guard -> proxy (ARCHITECTURE.md, "How a packet flows")."""
         proxy = self.proxy
-        if proxy is None:
+        guard = self.guard
+        if proxy is None or guard is None:
             return
-        proxy.receive(data, flow)
-        self._arm_timer()
+        now = time.time()
+        try:
+            msg = parse(data)
+        except SipParseError as exc:
+            guard.malformed(flow, data, exc.reason, now)
+            return
+        verdict = guard.decide(msg, flow, data, now)
+        if verdict.passes:
+            if isinstance(msg, Request):
+                proxy.handle_request(msg, flow)
+            else:
+                proxy.handle_response(msg, flow)
+            self._arm_timer()
+        elif verdict.action == REJECT and isinstance(msg, Request) and msg.method != "ACK":
+            code = verdict.code or 403
+            self.transport_send(flow, make_response(msg, code, to_tag=proxy.to_tag(msg)))
+
+    def transport_send(self, flow: Flow, msg: Response) -> None:
+        if self.transport is not None:
+            self.transport.send(flow, msg.to_bytes())
+
+    def _auth_result(self, flow: Flow, ok: bool) -> None:
+        if self.guard is not None:
+            self.guard.note_auth(flow, ok, time.time())
+
+    # --- guard state: bans and events -------------------------------------------------------
+    def _banned(self, ban: Ban) -> None:
+        log.info(
+            "banned %s for %.0f s (%s, level %d)",
+            ban.source,
+            ban.until - ban.created_at,
+            ban.reason,
+            ban.level,
+        )
+        self._ban_dirty[ban.source] = ban
+
+    async def _load_bans(self) -> None:
+        assert self.store is not None and self.guard is not None
+        now = time.time()
+        for b in await self.store.bans.load_active(now):
+            self.guard.bans.add(Ban(b.source, b.until, b.level, b.reason, b.created_at, b.manual))
+        self._bans_revision = await self.store.get_revision("bans")
+
+    async def _sync_manual_bans(self) -> None:
+        """Pick up bans added or lifted with the CLI or API (another process)."""
+        assert self.store is not None and self.guard is not None
+        revision = await self.store.get_revision("bans")
+        if revision == self._bans_revision:
+            return
+        self._bans_revision = revision
+        now = time.time()
+        stored = {b.source: b for b in await self.store.bans.load_active(now)}
+        bans = self.guard.bans
+        for active in list(bans.active(now)):
+            if active.source not in stored and active.source not in self._ban_dirty:
+                bans.remove(active.source)
+        for source, b in stored.items():
+            current = bans.get(source, now)
+            if current is None or current.until != b.until:
+                bans.add(Ban(b.source, b.until, b.level, b.reason, b.created_at, b.manual))
+
+    async def _write_guard_state(self) -> None:
+        store, guard = self.store, self.guard
+        if store is None or guard is None:
+            return
+        if self._ban_dirty:
+            batch, self._ban_dirty = self._ban_dirty, {}
+            for source, ban in batch.items():
+                if ban is None:
+                    await store.bans.delete(source)
+                else:
+                    await store.bans.upsert(ban)
+        records = guard.events.take()
+        if records:
+            await store.events.add_batch(records)
+            self.events_written += len(records)
+
+    async def _events_loop(self) -> None:
+        s = self.settings.guard
+        last_purge = 0.0
+        while True:
+            await asyncio.sleep(s.events_flush_interval)
+            try:
+                await self._write_guard_state()
+                await self._sync_manual_bans()
+                now = time.time()
+                if now - last_purge > 3600 and self.store is not None:
+                    last_purge = now
+                    await self.store.events.purge_before(now - s.events_retention_days * 86400)
+                    await self.store.bans.purge_expired(now)
+            except Exception:
+                log.exception("writing guard state failed; will retry")
+
+    def metrics_snapshot(self) -> dict[str, object]:
+        guard, proxy, transport = self.guard, self.proxy, self.transport
+        now = time.time()
+        return {
+            "verdicts": dict(guard.stats.verdicts) if guard else {},
+            "bans_active": sum(1 for _ in guard.bans.active(now)) if guard else 0,
+            "registrations": len(self.location),
+            "transactions": len(proxy.table) if proxy else 0,
+            "connections": transport.open_connections if transport else 0,
+            "events_pending": len(guard.events) if guard else 0,
+            "events_dropped": guard.events.dropped if guard else 0,
+            "events_written": self.events_written,
+            "malformed": sum(
+                n for (a, r), n in guard.stats.verdicts.items() if r.startswith("malformed")
+            )
+            if guard
+            else 0,
+            "auth_challenges": proxy.stats.auth_challenges if proxy else 0,
+            "forwarded": proxy.stats.forwarded if proxy else 0,
+        }
 
     def _arm_timer(self) -> None:
         proxy = self.proxy
@@ -192,6 +347,8 @@ class Edge:
             if self.proxy is not None:
                 self.proxy.housekeeping()
                 self._arm_timer()
+            if self.guard is not None:
+                self.guard.bans.expire(time.time())
             gone = self.location.expire(time.time())
             if gone:
                 self._bindings_changed([], gone)
@@ -343,9 +500,11 @@ def _record(b: Binding) -> BindingRecord:
     )
 
 
-async def run(settings: Settings, *, ready: Callable[[Edge], None] | None = None) -> None:
+async def run(
+    settings: Settings, *, ready: Callable[[Edge], None] | None = None, demo: bool = False
+) -> None:
     """Serve until SIGTERM or SIGINT, then shut down cleanly."""
-    edge = Edge(settings)
+    edge = Edge(settings, demo=demo)
     await edge.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -362,9 +521,14 @@ async def run(settings: Settings, *, ready: Callable[[Edge], None] | None = None
 def banner(edge: Edge) -> str:
     s = edge.settings
     sip = ", ".join(f"{x.transport} {x.host}:{x.port}" for x in edge.listening)
-    return (
+    text = (
         f"spitguard {__version__} ready\n"
         f"  SIP edge:  {sip}\n"
         f"  data:      {s.data_dir}/ ({s.effective_database_url.split(':', 1)[0]})\n"
         f"  lines:     {len(edge.directory)} loaded, {len(edge.location)} bindings restored\n"
     )
+    if edge.demo_lines:
+        text += "  demo lines (register a softphone through the edge with these):\n"
+        text += "".join(f"    {aor}  password {pw}\n" for aor, pw in edge.demo_lines)
+    text += "  stop with Ctrl-C\n"
+    return text

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 from typing import IO, TYPE_CHECKING, Any, TypeAlias
 
 from . import __version__
+from .cli_guard import add_guard_commands
 from .cli_inventory import add_inventory_commands
 from .cli_serve import add_serve
 from .sip import (
@@ -483,4 +484,9 @@ def emit(stream: IO[str], text: str) -> None:
     stream.flush()
 
 
-COMMANDS: list[Callable[[Subparsers], None]] = [add_inspect, add_serve, add_inventory_commands]
+COMMANDS: list[Callable[[Subparsers], None]] = [
+    add_inspect,
+    add_serve,
+    add_inventory_commands,
+    add_guard_commands,
+]

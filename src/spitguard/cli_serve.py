@@ -26,6 +26,9 @@ def add_serve(subparsers: Subparsers) -> None:
     )
     p.add_argument("--config", metavar="FILE", type=Path, default=None, help="TOML file")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument(
+        "--demo", action="store_true", help="create the demo tenant and lines on first start"
+    )
     p.set_defaults(handler=serve)
 
 
@@ -61,7 +64,7 @@ def serve(args: argparse.Namespace) -> int:
         pass
     try:
         with asyncio.Runner(loop_factory=loop_factory) as runner:
-            runner.run(run(settings, ready=ready))
+            runner.run(run(settings, ready=ready, demo=args.demo))
     except (StoreError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ERROR

@@ -38,6 +38,7 @@ from pydantic_settings import (
     SettingsError,
 )
 
+from .guard.trusted import parse_entry
 from .sip import SipParseError, SipUri, parse_uri
 
 ENV_PREFIX = "SPITGUARD_"
@@ -196,12 +197,20 @@ class SipSettings(_Section):
         return self.advertised_host or self.listen[0].host
 
 
+DigestAlgorithm = Literal["MD5", "SHA-256"]
+DEFAULT_DIGEST_ALGORITHMS: tuple[DigestAlgorithm, ...] = ("MD5", "SHA-256")
+
+
 class RegistrarSettings(_Section):
     min_expires: Annotated[int, Field(ge=1)] = 60
     max_expires: Annotated[int, Field(ge=1)] = 3600
     default_expires: Annotated[int, Field(ge=1)] = 3600
     nonce_ttl: Positive = 300.0
-    realm: Annotated[str, Field(min_length=1)] | None = None
+    # Many desk phones answer only the first challenge and know only MD5 (RFC 8760 lets
+    # the server order them), so MD5 leads by default; put SHA-256 first for modern fleets.
+    digest_algorithms: Annotated[list[DigestAlgorithm], NoDecode, EnvList, Field(min_length=1)] = (
+        Field(default_factory=lambda: list(DEFAULT_DIGEST_ALGORITHMS))
+    )
 
     @model_validator(mode="after")
     def _check(self) -> RegistrarSettings:
@@ -228,23 +237,33 @@ class UpstreamSettings(_Section):
     @field_validator("trusted_sources")
     @classmethod
     def _check_sources(cls, sources: list[str]) -> list[str]:
-        out = []
-        for i, text in enumerate(sources):
-            try:
-                out.append(str(ipaddress.ip_network(text.strip(), strict=False)))
-            except ValueError:
-                raise _KeyProblem(
-                    f"[{i}]", f"{text!r} is not an IP address or CIDR such as 127.0.2.1/32"
-                ) from None
-        return out
+        return _check_trusted_entries("upstream", sources)
 
     @property
     def target_uris(self) -> list[SipUri]:
         return [_parse_target(i, t) for i, t in enumerate(self.targets)]
 
-    @property
-    def trusted_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
-        return [ipaddress.ip_network(s) for s in self.trusted_sources]
+
+def _check_trusted_entries(group: str, entries: list[str]) -> list[str]:
+    """CIDRs (host bits masked) and DNS names (`name`, `srv:name`, `naptr:name`)."""
+    out = []
+    for i, text in enumerate(entries):
+        stripped = text.strip()
+        try:
+            out.append(str(ipaddress.ip_network(stripped, strict=False)))
+            continue
+        except ValueError:
+            pass
+        try:
+            parse_entry(group, stripped)
+        except ValueError:
+            raise _KeyProblem(
+                f"[{i}]",
+                f"{text!r} is not an IP address, a CIDR such as 127.0.2.1/32, or a DNS name "
+                "(optionally srv:NAME or naptr:NAME)",
+            ) from None
+        out.append(stripped)
+    return out
 
 
 def _parse_target(index: int, text: str) -> SipUri:
@@ -264,6 +283,108 @@ class KeepaliveSettings(_Section):
     udp_interval: Positive = 25.0
     udp_method: Literal["options", "crlf"] = "options"
     stream_interval: Positive = 90.0
+
+
+class BudgetSettings(_Section):
+    """At most `limit` requests per `window` seconds; no limit when `limit` is unset."""
+
+    limit: Annotated[int, Field(ge=1)] | None
+    window: Positive = 2.0
+
+
+class GroupBudgetSettings(_Section):
+    registrations: BudgetSettings
+    keepalives: BudgetSettings
+    other: BudgetSettings
+
+
+RateGroup = Literal["untrusted", "registered", "upstream", "peers"]
+
+
+def _default_rates() -> dict[RateGroup, GroupBudgetSettings]:
+    def g(limit: int | None) -> GroupBudgetSettings:
+        b = BudgetSettings(limit=limit)
+        return GroupBudgetSettings(registrations=b, keepalives=b, other=b)
+
+    untrusted = GroupBudgetSettings(
+        registrations=BudgetSettings(limit=10),
+        keepalives=BudgetSettings(limit=10),
+        other=BudgetSettings(limit=16),
+    )
+    return {"untrusted": untrusted, "registered": g(400), "upstream": g(None), "peers": g(2000)}
+
+
+class GuardSettings(_Section):
+    invite_policy: Literal["allow", "trusted", "upstream"] = "trusted"
+    peers: Annotated[list[str], NoDecode, EnvList] = Field(default_factory=list)
+    dns_servers: Annotated[list[str], NoDecode, EnvList] = Field(default_factory=list)
+    dns_timeout: Positive = 2.0
+    max_message_size: Annotated[int, Field(ge=1024, le=65535)] = 16384
+    max_ruri_length: Annotated[int, Field(ge=64, le=8192)] = 512
+    reject_code: Annotated[int, Field(ge=400, le=699)] = 403
+    reject_reasons: Annotated[list[str], NoDecode, EnvList] = Field(default_factory=list)
+    rates: dict[RateGroup, GroupBudgetSettings] = Field(default_factory=_default_rates)
+    ban_first: Positive = 300.0
+    ban_factor: Annotated[float, Field(ge=1.0)] = 12.0
+    ban_max: Positive = 7 * 86400.0
+    ban_memory: Positive = 86400.0
+    enum_distinct_users: Annotated[int, Field(ge=1)] = 20
+    enum_users_window: Positive = 60.0
+    enum_auth_failures: Annotated[int, Field(ge=1)] = 5
+    enum_failures_window: Positive = 300.0
+    events_retention_days: Positive = 30.0
+    events_max_pending: Annotated[int, Field(ge=100)] = 20000
+    events_flush_interval: Positive = 2.0
+
+    @field_validator("peers")
+    @classmethod
+    def _check_peers(cls, peers: list[str]) -> list[str]:
+        return _check_trusted_entries("peers", peers)
+
+    @field_validator("dns_servers")
+    @classmethod
+    def _check_dns(cls, servers: list[str]) -> list[str]:
+        for i, text in enumerate(servers):
+            try:
+                _dns_server(text)
+            except ValueError:
+                raise _KeyProblem(
+                    f"[{i}]", f"{text!r} must be an IP address, optionally with :port"
+                ) from None
+        return [t.strip() for t in servers]
+
+    @property
+    def nameservers(self) -> list[tuple[str, int]] | None:
+        return [_dns_server(t) for t in self.dns_servers] or None
+
+    @field_validator("rates")
+    @classmethod
+    def _check_rates(
+        cls, rates: dict[RateGroup, GroupBudgetSettings]
+    ) -> dict[RateGroup, GroupBudgetSettings]:
+        merged = _default_rates()
+        merged.update(rates)  # a file may set one group and keep the others' defaults
+        return merged
+
+
+def _dns_server(text: str) -> tuple[str, int]:
+    """`IP`, `IP:port` or `[IPv6]:port`."""
+    text = text.strip()
+    if text.startswith("["):
+        host, _, port = text[1:].partition("]")
+        port = port.lstrip(":")
+    elif text.count(":") == 1:
+        host, _, port = text.partition(":")
+    else:
+        host, port = text, ""
+    ipaddress.ip_address(host)
+    return host, _check_port(int(port)) if port else 53
+
+
+class MetricsSettings(_Section):
+    enabled: bool = True
+    host: Host = "127.0.0.1"
+    port: Port = 9460
 
 
 class WebSettings(_Section):
@@ -290,6 +411,8 @@ class Settings(BaseSettings):
     registrar: RegistrarSettings = Field(default_factory=RegistrarSettings)
     upstream: UpstreamSettings = Field(default_factory=UpstreamSettings)
     keepalive: KeepaliveSettings = Field(default_factory=KeepaliveSettings)
+    guard: GuardSettings = Field(default_factory=GuardSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     web: WebSettings = Field(default_factory=WebSettings)
 
     @classmethod

@@ -40,12 +40,14 @@ class Authenticator:
     def _server(self, realm: str) -> DigestServer:
         server = self._servers.get(realm)
         if server is None:
-            if len(self._servers) > 10_000:  # realms come from requests: keep it bounded
-                self._servers.clear()
             server = DigestServer(
                 self._secret, realm, nonce_ttl=self._ttl, algorithms=self._algorithms
             )
-            self._servers[realm] = server
+            # Only local domains keep a server (and its nonce-count replay state): realms
+            # come from requests, and a flood of made-up ones must not evict real state.
+            # Foreign realms get a throwaway server: the same challenge, nothing kept.
+            if self.directory.is_local_domain(realm):
+                self._servers[realm] = server
         return server
 
     def check(

@@ -18,7 +18,6 @@ at `next_deadline()`. Policy, top to bottom:
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import logging
 import secrets
 from collections.abc import Callable, Sequence
@@ -53,7 +52,8 @@ log = logging.getLogger(__name__)
 
 # Methods that create dialogs: the edge Record-Routes them.
 DIALOG_METHODS = frozenset({"INVITE", "SUBSCRIBE", "REFER", "NOTIFY"})
-TIMER_C = 180.0  # RFC 3261 §16.6 step 11: "greater than 3 minutes"; ringing limit
+TIMER_C = 181.0  # RFC 3261 §16.6 step 11: "greater than 3 minutes"; ringing limit
+CANCEL_GRACE = 32.0  # 64*T1: a branch silent this long after our CANCEL counts as 408
 
 
 class Output(Protocol):
@@ -73,7 +73,6 @@ class ProxyConfig:
     host: str  # written into Via and Record-Route
     ports: dict[str, int]  # transport -> our port
     upstream: tuple[Target, ...] = ()  # where calls to non-local destinations go
-    trusted_networks: tuple[str, ...] = ()  # the upstream trunk/PBX: no proxy auth
     local_hosts: tuple[str, ...] = ()  # other names/addresses that mean "us"
     user_agent: str = "spitguard"
 
@@ -88,6 +87,7 @@ class Stats:
     forwarded: int = 0
     stray_responses: int = 0
     refused_full: int = 0
+    not_relayed: int = 0
 
 
 @dataclass(slots=True, eq=False)
@@ -99,6 +99,7 @@ class _Branch:
     final: Response | None = None
     cancel_wanted: bool = False
     cancelled: bool = False
+    cancelled_at: float | None = None
 
 
 @dataclass(slots=True, eq=False)
@@ -115,6 +116,8 @@ class _Context:
 
 
 BindingsChanged = Callable[[list[Binding], list[Binding]], None]
+AuthResult = Callable[[Flow, bool], None]  # (flow, credentials were right)
+TrustedCheck = Callable[[str], bool]  # source address -> is a configured trunk/peer
 
 
 class Proxy:
@@ -131,6 +134,8 @@ class Proxy:
         wall_clock: Callable[[], float],
         clock: Callable[[], float],
         on_bindings_changed: BindingsChanged | None = None,
+        on_auth: AuthResult | None = None,
+        trusted: TrustedCheck | None = None,
         tag_secret: bytes | None = None,
     ) -> None:
         self.config = config
@@ -143,13 +148,15 @@ class Proxy:
         self.wall = wall_clock
         self.clock = clock
         self.on_bindings_changed = on_bindings_changed
+        self.on_auth = on_auth
+        self._trusted_check = trusted
         self.table = TransactionTable()
         self.stats = Stats()
         self._contexts: dict[object, _Context] = {}  # server tx key -> context
         self._branches: dict[object, _Branch] = {}  # client tx key -> branch
         self._flows: dict[object, Flow | Target] = {}  # tx key -> where it sends
+        self._cancels: dict[object, _Branch] = {}  # CANCEL client tx key -> its branch
         self._tag_secret = tag_secret or secrets.token_bytes(16)
-        self._trusted = [ipaddress.ip_network(n, strict=False) for n in config.trusted_networks]
         self._us_hosts = {config.host.lower(), *(h.lower() for h in config.local_hosts)}
         self._us_ports = set(config.ports.values())
 
@@ -186,6 +193,13 @@ class Proxy:
         """Coarse timers, called about once a second: Timer C (ringing too long)."""
         now = self.clock()
         for ctx in list(self._contexts.values()):
+            for b in ctx.branches:
+                if (
+                    b.final is None
+                    and b.cancelled_at is not None
+                    and now - b.cancelled_at >= CANCEL_GRACE
+                ):
+                    self._give_up(b)
             if ctx.timer_c is not None and ctx.timer_c <= now:
                 ctx.timer_c = None
                 self._cancel_branches(ctx)
@@ -196,6 +210,14 @@ class Proxy:
 
     # --- requests -----------------------------------------------------------------------
     def handle_request(self, req: Request, flow: Flow) -> None:
+        """A request that passed the guard. Never raises: a header the routing needed that
+        turns out unusable means silence, like any malformed input."""
+        try:
+            self._handle_request(req, flow)
+        except SipParseError:
+            self.stats.malformed += 1
+
+    def _handle_request(self, req: Request, flow: Flow) -> None:
         now = self.clock()
         if req.method == "ACK":
             stx = self.table.match_request(req)
@@ -211,8 +233,8 @@ class Proxy:
         if stx is not None:
             self._events(stx, stx.on_request(req, now))  # retransmission
             return
-        if req.defects:
-            return  # RFC-malformed (no Call-ID, two To headers ...): silently dropped
+        if any(_is_hard_defect(d) for d in req.defects):
+            return  # no Call-ID, two To headers ...: malformed for routing, silently dropped
         _mark_received(req, flow)
         if self.table.server_full():
             self.stats.refused_full += 1
@@ -223,11 +245,27 @@ class Proxy:
         self._flows[stx.key] = flow
         self._events(stx, stx.start(now))
 
+    def _route_safely(self, stx: ServerTransaction, req: Request, flow: Flow) -> None:
+        try:
+            self._route(stx, req, flow)
+        except SipParseError:
+            # A lazily parsed header (Authorization, Proxy-Require ...) was garbage. Drop
+            # the request and its transaction, or such packets would fill the table.
+            self.stats.malformed += 1
+            if self._contexts.get(stx.key) is None or not self._contexts[stx.key].branches:
+                self.table.remove(stx.key)
+                self._forget(stx)
+
     def _route(self, stx: ServerTransaction, req: Request, flow: Flow) -> None:
         """The transaction user: decide what to do with a new request."""
         mf = req.max_forwards
         if mf is not None and mf <= 0:
             self._respond(stx, req, 483)
+            return
+        unsupported = req.proxy_require
+        if unsupported and req.method not in ("ACK", "CANCEL"):
+            # RFC 3261 §16.3 step 5: the edge supports no proxy extension.
+            self._respond(stx, req, 420, fields=[("Unsupported", ", ".join(unsupported))])
             return
         if req.method == "REGISTER":
             self._register(stx, req, flow)
@@ -249,12 +287,32 @@ class Proxy:
         trusted = self._is_trusted(flow)
         from_uri = req.from_.uri
         from_local = isinstance(from_uri, SipUri) and self.directory.is_local_domain(from_uri.host)
-        needs_auth = not trusted and (from_local or domain is None)
-        if needs_auth and not self._authorize(stx, req, flow):
-            return
-        if domain is not None and not req.routes:
-            self._to_local(stx, req, flow, f"sip:{ruri.user_unescaped}@{domain}")
-            return
+        foreign_routes = bool(req.routes)
+        needs_auth = not trusted and (from_local or domain is None or foreign_routes)
+        authenticated = False
+        if needs_auth:
+            if not self._authorize(stx, req, flow):
+                return
+            authenticated = True
+        if foreign_routes and not trusted:
+            # A phone may not steer the edge with a preloaded route: ignore it, so calls
+            # still go only to local phones or the configured upstream.
+            req.remove("route")
+        if domain is not None:
+            aor = f"sip:{ruri.user_unescaped}@{domain}"
+            if (
+                authenticated
+                and self.config.upstream
+                and self.directory.line(aor) is None
+                and not req.routes
+            ):
+                # A phone dialling "5551234@its-own-domain": not a line here, so a number
+                # for the trunk. Strangers never get this far (they get 480 below).
+                self._to_upstream(stx, req, flow)
+                return
+            if not req.routes:
+                self._to_local(stx, req, flow, aor)
+                return
         if not self.config.upstream and not req.routes:
             self._respond(stx, req, 403, "Not Relaying")
             return
@@ -266,6 +324,8 @@ class Proxy:
         realm = from_uri.host.lower() if isinstance(from_uri, SipUri) else self.config.host
         outcome = self.auth.check(req, proxy=True, realm=realm, now=now, binding=flow.remote_host)
         line = outcome.line
+        if self.on_auth is not None and (line is not None or outcome.failed):
+            self.on_auth(flow, line is not None)
         if line is None:
             self.stats.auth_challenges += 1
             challenge = self.auth.challenge(
@@ -282,6 +342,8 @@ class Proxy:
     def _register(self, stx: ServerTransaction, req: Request, flow: Flow) -> None:
         result: RegisterResult = self.registrar.handle(req, flow, self.wall())
         self.stats.registrations += 1
+        if self.on_auth is not None and (result.authenticated or result.auth_failed):
+            self.on_auth(flow, result.authenticated)
         if result.response.status == 401:
             self.stats.auth_challenges += 1
         if (result.added or result.removed) and self.on_bindings_changed is not None:
@@ -386,9 +448,12 @@ class Proxy:
                 r = routes[0].uri
                 destination = Target(r.transport or "udp", r.host, r.port or 5060)
         if destination is None:
-            # Not through our Record-Route: we never relay on someone's word.
+            # Not through our Record-Route: we never relay on someone's word, and we say
+            # nothing (a forged in-dialog request is a probe like any other).
+            self.stats.not_relayed += 1
             if stx is not None:
-                self._respond(stx, req, 403, "Not Relaying")
+                self.table.remove(stx.key)  # no answer will ever come from this transaction
+                self._forget(stx)
             return
         fwd = self._copy_for_branch(req, None)
         if stateless or stx is None:
@@ -461,12 +526,22 @@ class Proxy:
             else:
                 b.cancel_wanted = True  # RFC 3261 §9.1: only after a provisional response
 
+    def _give_up(self, b: _Branch) -> None:
+        """RFC 3261 §9.1: no final response to a CANCELled INVITE within 64*T1: count the
+        branch as 408 and drop it, or the caller would wait (and state leak) forever."""
+        b.final = self._reply(b.ctx.request, 408)
+        self.table.remove(b.tx.key)
+        self._forget(b.tx)
+        self._maybe_final(b.ctx)
+
     def _send_cancel(self, b: _Branch) -> None:
         b.cancelled = True
+        b.cancelled_at = self.clock()
         cancel = build_cancel(b.tx.request)
         tx = new_client_transaction(cancel, reliable=b.target.transport != "udp")
         if self.table.add(tx):
             self._flows[tx.key] = b.target
+            self._cancels[tx.key] = b
             self._events(tx, tx.start(self.clock()), deliver=False)
 
     # --- responses ----------------------------------------------------------------------
@@ -491,6 +566,8 @@ class Proxy:
             if b.cancel_wanted and not b.cancelled:
                 self._send_cancel(b)
             if status > 100 and not ctx.final_sent:
+                if ctx.timer_c is not None:
+                    ctx.timer_c = self.clock() + TIMER_C  # RFC 3261 §16.7 step 2
                 self._send_response(ctx, resp)
             return
         b.final = resp
@@ -548,7 +625,7 @@ class Proxy:
                     else:
                         flow = self._flows.get(key)
                         if isinstance(flow, Flow):
-                            self._route(tx, msg, flow)
+                            self._route_safely(tx, msg, flow)
                 elif isinstance(tx, ClientTransaction) and isinstance(msg, Response):
                     branch = self._branches.get(key)
                     if branch is not None:
@@ -558,6 +635,9 @@ class Proxy:
                 if branch is not None and branch.final is None:
                     branch.final = self._reply(branch.ctx.request, 408)
                     self._maybe_final(branch.ctx)
+                cancelled = self._cancels.get(key)
+                if cancelled is not None and cancelled.final is None:
+                    self._give_up(cancelled)
             elif isinstance(ev, Terminated):
                 self._forget(tx)
         self.table.update(tx)
@@ -568,6 +648,7 @@ class Proxy:
         key = tx.key
         self._flows.pop(key, None)
         self._branches.pop(key, None)
+        self._cancels.pop(key, None)
         ctx = self._contexts.get(key)
         if ctx is not None and ctx.stx is tx:
             del self._contexts[key]
@@ -612,13 +693,8 @@ class Proxy:
         return uri.port is None or uri.port in self._us_ports
 
     def _is_trusted(self, flow: Flow) -> bool:
-        if not self._trusted:
-            return False
-        try:
-            addr = ipaddress.ip_address(flow.remote_host)
-        except ValueError:
-            return False
-        return any(addr in net for net in self._trusted)
+        check = self._trusted_check
+        return check is not None and check(flow.remote_host)
 
     def _local_domain(self, req: Request, ruri: SipUri) -> str | None:
         """The local domain an initial request is for, or None when it leaves the edge."""
@@ -668,6 +744,14 @@ class Proxy:
                 ("User-Agent", self.config.user_agent),
             ],
         )
+
+
+def _is_hard_defect(defect: str) -> bool:
+    """Defects that make a request unroutable. RFC 2543 branches and a missing
+    Max-Forwards are tolerated: old phones send them (RFC 3261 §16.3 passes them)."""
+    return defect.startswith("multiple:") or (
+        defect.startswith("missing:") and defect != "missing:max-forwards"
+    )
 
 
 def _mark_received(req: Request, flow: Flow) -> None:

@@ -41,6 +41,7 @@ class Location:
     def __init__(self) -> None:
         self._aors: dict[str, dict[str, Binding]] = {}
         self._by_flow: dict[tuple[str, str, int], int] = {}  # (transport, host, port) -> count
+        self._by_host: dict[str, int] = {}  # source host -> count
 
     def lookup(self, aor: str, now: float) -> list[Binding]:
         """Live bindings of an AOR, highest q first."""
@@ -90,7 +91,7 @@ class Location:
         return (transport, host, port) in self._by_flow
 
     def has_source_host(self, host: str) -> bool:
-        return any(k[1] == host for k in self._by_flow)
+        return host in self._by_host
 
     def __iter__(self) -> Iterator[Binding]:
         for bindings in self._aors.values():
@@ -102,6 +103,8 @@ class Location:
     def _index(self, b: Binding) -> None:
         k = (b.flow.transport, b.flow.remote_host, b.flow.remote_port)
         self._by_flow[k] = self._by_flow.get(k, 0) + 1
+        h = b.flow.remote_host
+        self._by_host[h] = self._by_host.get(h, 0) + 1
 
     def _unindex(self, b: Binding) -> None:
         k = (b.flow.transport, b.flow.remote_host, b.flow.remote_port)
@@ -110,3 +113,9 @@ class Location:
             self._by_flow[k] = n
         else:
             self._by_flow.pop(k, None)
+        h = b.flow.remote_host
+        m = self._by_host.get(h, 0) - 1
+        if m > 0:
+            self._by_host[h] = m
+        else:
+            self._by_host.pop(h, None)

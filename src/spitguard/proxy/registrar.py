@@ -85,11 +85,15 @@ class Registrar:
             if header_expires != 0:
                 result.response = self._reply(request, 400, reason="Contact * needs Expires: 0")
                 return result
-            for b in self.location.lookup(aor, float("-inf")):
-                if self._newer(b, request):
-                    removed = self.location.remove(aor, b.key)
-                    if removed is not None:
-                        result.removed.append(removed)
+            current = self.location.lookup(aor, float("-inf"))
+            if not all(self._newer(b, request) for b in current):
+                # RFC 3261 §10.3 step 6: an old request must not undo newer registrations.
+                result.response = self._reply(request, 500, reason="Out Of Order")
+                return result
+            for b in current:
+                removed = self.location.remove(aor, b.key)
+                if removed is not None:
+                    result.removed.append(removed)
         else:
             outcome_code = self._apply(request, contacts, flow, now, line.tenant_id, result)
             if outcome_code is not None:
@@ -126,10 +130,13 @@ class Registrar:
                     authenticated=True,
                 )
             planned.append((c, uri, min(expires, policy.max_expires)))
-        current = {b.key: b for b in self.location.lookup(aor, now)}
+        # Check every contact before changing anything: RFC 3261 §10.3 step 8 makes a
+        # REGISTER all or nothing.
+        live = {b.key: b for b in self.location.lookup(aor, now)}
+        keyed: list[tuple[NameAddr, SipUri, int, str]] = []
+        after = set(live)
         for c, uri, expires in planned:
-            instance = c.sip_instance
-            reg_id = c.reg_id
+            instance, reg_id = c.sip_instance, c.reg_id
             key = f"{instance};reg-id={reg_id}" if outbound and instance and reg_id else str(uri)
             existing = self.location.get(aor, key)
             if existing is not None and not self._newer(existing, request):
@@ -137,16 +144,21 @@ class Registrar:
                     self._reply(request, 500, reason="Out Of Order"), authenticated=True
                 )
             if expires == 0:
+                after.discard(key)
+            else:
+                after.add(key)
+            keyed.append((c, uri, expires, key))
+        if len(after) > policy.max_contacts and len(after) > len(live):
+            return RegisterResult(
+                self._reply(request, 403, reason="Too Many Contacts"), authenticated=True
+            )
+        via = request.via
+        for c, uri, expires, key in keyed:
+            if expires == 0:
                 removed = self.location.remove(aor, key)
                 if removed is not None:
                     result.removed.append(removed)
-                current.pop(key, None)
                 continue
-            if existing is None and key not in current and len(current) >= policy.max_contacts:
-                return RegisterResult(
-                    self._reply(request, 403, reason="Too Many Contacts"), authenticated=True
-                )
-            via = request.via
             binding = Binding(
                 aor=aor,
                 key=key,
@@ -166,8 +178,8 @@ class Registrar:
                     contact_port=uri.port,
                     secure=flow.transport == "tls",
                 ),
-                instance=instance,
-                reg_id=reg_id,
+                instance=c.sip_instance,
+                reg_id=c.reg_id,
                 q=c.q,
                 path=path,
                 user_agent=request.user_agent,
@@ -175,7 +187,6 @@ class Registrar:
             old = self.location.put(binding)
             if old is not None and old.contact != binding.contact:
                 result.removed.append(old)
-            current[key] = binding
             result.added.append(binding)
         return None
 

@@ -29,7 +29,7 @@ from ..config import Settings
 from .crypto import SecretBox, load_or_create_key
 from .errors import AlreadyExistsError, StoreError
 from .models import INVENTORY_REVISION_KEY, Revision
-from .repos import BindingRepo, LineRepo, TenantRepo
+from .repos import BanRepo, BindingRepo, EventRepo, LineRepo, TenantRepo
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 SQLITE_BUSY_TIMEOUT_MS = 5000
@@ -51,6 +51,8 @@ class Store:
         self.tenants = TenantRepo(self)
         self.lines = LineRepo(self)
         self.bindings = BindingRepo(self)
+        self.bans = BanRepo(self)
+        self.events = EventRepo(self)
 
     def __repr__(self) -> str:
         url = self.engine.url.render_as_string(hide_password=True)
@@ -74,12 +76,11 @@ class Store:
             await session.connection(execution_options={_WRITE_OPTION: True})
             yield session
 
-    async def get_revision(self) -> int:
-        """The inventory change counter: compare with a cached value to notice CLI edits."""
+    async def get_revision(self, key: str = INVENTORY_REVISION_KEY) -> int:
+        """A change counter ("inventory", "bans"): compare with a cached value to notice
+        CLI edits."""
         async with self.read() as session:
-            value = await session.scalar(
-                select(Revision.value).where(Revision.key == INVENTORY_REVISION_KEY)
-            )
+            value = await session.scalar(select(Revision.value).where(Revision.key == key))
         return int(value or 0)
 
     async def close(self) -> None:

@@ -14,11 +14,13 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     CheckConstraint,
     DateTime,
     Dialect,
     Float,
     ForeignKey,
+    Index,
     Integer,
     LargeBinary,
     MetaData,
@@ -153,3 +155,59 @@ class Revision(Base):
 
     key: Mapped[str] = mapped_column(String(32), primary_key=True)
     value: Mapped[int] = mapped_column(BigInteger)
+
+
+class BanRow(Base):
+    """A banned source, persisted so bans survive restarts and CLI/API edits reach the edge.
+
+    Times are float epochs: the edge compares them with its injected clock, like bindings.
+    """
+
+    __tablename__ = "bans"
+
+    source: Mapped[str] = mapped_column(String(64), primary_key=True)
+    until: Mapped[float] = mapped_column(Float)
+    level: Mapped[int] = mapped_column(Integer)
+    reason: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[float] = mapped_column(Float)
+    manual: Mapped[bool] = mapped_column(Boolean)
+    updated_at: Mapped[float] = mapped_column(Float)
+
+    def __repr__(self) -> str:
+        return f"BanRow(source={self.source!r}, until={self.until!r}, level={self.level!r})"
+
+
+class SecurityEvent(Base):
+    """Blocked traffic, aggregated: one row per (source, reason, epoch minute) with a count
+    and one sampled (already redacted) trace, so the table grows with minutes, not packets."""
+
+    __tablename__ = "security_events"
+    __table_args__ = (
+        UniqueConstraint("source", "reason", "minute"),
+        Index(None, "minute"),
+        Index(None, "reason", "minute"),
+        Index(None, "source", "minute"),
+    )
+
+    # 64-bit on PostgreSQL; SQLite only auto-assigns ids to an INTEGER PRIMARY KEY.
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer(), "sqlite"), primary_key=True
+    )
+    source: Mapped[str] = mapped_column(String(64))
+    reason: Mapped[str] = mapped_column(String(64))
+    minute: Mapped[int] = mapped_column(BigInteger)
+    count: Mapped[int] = mapped_column(BigInteger)
+    first_seen: Mapped[float] = mapped_column(Float)
+    last_seen: Mapped[float] = mapped_column(Float)
+    action: Mapped[str] = mapped_column(String(8))
+    transport: Mapped[str] = mapped_column(String(8))
+    sample: Mapped[bytes] = mapped_column(LargeBinary)
+    method: Mapped[str | None] = mapped_column(String(32))
+    user_agent: Mapped[str | None] = mapped_column(String(200))
+    target: Mapped[str | None] = mapped_column(String(200))
+
+    def __repr__(self) -> str:  # the sample left out: it is untrusted bytes
+        return (
+            f"SecurityEvent(id={self.id!r}, source={self.source!r}, reason={self.reason!r}, "
+            f"minute={self.minute!r}, count={self.count!r})"
+        )

@@ -94,6 +94,8 @@ class FlowTokens:
             raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
         except ValueError:
             return None
+        if base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii") != token:
+            return None  # only our own spelling: one token per flow
         mac, payload = raw[:12], raw[12:]
         if len(mac) != 12 or not hmac.compare_digest(mac, self._mac(payload)):
             return None

@@ -38,7 +38,8 @@ def upgrade() -> None:
             ondelete="CASCADE",
         ),
         sa.UniqueConstraint("name", name="uq_domains_name"),
-        sa.CheckConstraint("name = lower(name)", name="ck_domains_name_lower_case"),
+        # op.f(): the name is final; the "ck" naming convention would prefix it again.
+        sa.CheckConstraint("name = lower(name)", name=op.f("ck_domains_name_lower_case")),
     )
     op.create_index("ix_domains_tenant_id", "domains", ["tenant_id"])
     op.create_table(

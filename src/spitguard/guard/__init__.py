@@ -1,0 +1,1 @@
+"""The edge policy: trusted sources, sanity gate, fingerprints, rate limits, bans, verdicts."""
