@@ -307,7 +307,7 @@ def _default_rates() -> dict[RateGroup, GroupBudgetSettings]:
         return GroupBudgetSettings(registrations=b, keepalives=b, other=b)
 
     untrusted = GroupBudgetSettings(
-        registrations=BudgetSettings(limit=10),
+        registrations=BudgetSettings(limit=120),
         keepalives=BudgetSettings(limit=10),
         other=BudgetSettings(limit=16),
     )

@@ -58,7 +58,8 @@ class BanList:
         level = 1
         if last is not None and now - last.until <= p.memory:
             level = last.level + 1
-        duration = min(p.first * p.factor ** (level - 1), p.maximum)
+        # Exponent capped: a source failing forever must not overflow the float.
+        duration = min(p.first * p.factor ** min(level - 1, 64), p.maximum)
         ban = Ban(source, now + duration, level, reason, now)
         self._bans[source] = ban
         self._history[source] = ban

@@ -103,11 +103,12 @@ class Guard:
         self.registered_host = registered_host
         self.local_domain = local_domain
         self.fingerprints = fingerprints
-        self.policy = policy or GuardPolicy()
-        self.rates = rates or RateLimiter()
-        self.bans = bans or BanList()
-        self.enumeration = enumeration or EnumerationDetector()
-        self.events = events or EventAggregator()
+        # `is None`, not `or`: these containers define __len__, so an empty one is falsy.
+        self.policy = GuardPolicy() if policy is None else policy
+        self.rates = RateLimiter() if rates is None else rates
+        self.bans = BanList() if bans is None else bans
+        self.enumeration = EnumerationDetector() if enumeration is None else enumeration
+        self.events = EventAggregator() if events is None else events
         self.on_ban = on_ban
         self.stats = GuardStats()
 
@@ -158,8 +159,13 @@ class Guard:
                 return Verdict(DROP, f"rate:{klass}")  # shed load, never ban a known peer
             return self._ban(ip, f"rate:{klass}", now)
 
-        if group is not None or own_flow:
+        if group is not None:
             return PASS
+        if own_flow or known:
+            if self.policy.invite_policy == UPSTREAM_ONLY and self._phone_call_to_local(msg):
+                return self._act("policy:phone_call")
+            if own_flow:
+                return PASS
         fp = self.fingerprints.match(msg, trusted=False)
         if fp.is_scanner:
             return self._ban(ip, "scanner", now, fp.rules)
@@ -170,6 +176,15 @@ class Guard:
                 return self._ban(ip, "enum:users", now)
             return self._stranger_policy(msg)
         return PASS
+
+    def _phone_call_to_local(self, msg: Request) -> bool:
+        ruri = msg.uri
+        return (
+            msg.method == "INVITE"
+            and msg.to.tag is None
+            and isinstance(ruri, SipUri)
+            and self.local_domain(ruri.host)
+        )
 
     def _stranger_policy(self, msg: Request) -> Verdict:
         """What a source that is neither configured nor registered may send."""
@@ -212,6 +227,9 @@ class Guard:
         if self.enumeration.note_auth_failure(ip, now):
             verdict = self._ban(ip, "enum:auth", now)
             self.stats.count(verdict.action, verdict.reason)
+            self.events.record(
+                ip, verdict.reason, now, action=BAN, transport=flow.transport, raw=b""
+            )
             return verdict
         return None
 

@@ -96,8 +96,9 @@ _AUTH_LINE = re.compile(
     rb"^((?:proxy-)?authorization[ \t]*:)([^\r\n]*)", re.IGNORECASE | re.MULTILINE
 )
 _SECRET_PARAM = re.compile(
-    rb"\b(response|nonce|cnonce|opaque)[ \t]*=[ \t]*(\"[^\"\r\n]*\"|[^,\s]*)"
+    rb"\b(response|nonce|cnonce|opaque)[ \t]*=[ \t]*(\"[^\"\r\n]*\"|[^,\s]*)", re.IGNORECASE
 )
+_FOLD = re.compile(rb"\r?\n[ \t]+")
 _URI_PASSWORD = re.compile(rb"(sips?:[^:@\s;>\"]+):[^@\s;>\"]+@", re.IGNORECASE)
 
 
@@ -110,8 +111,11 @@ def redact(raw: bytes) -> bytes:
         stripped = value.lstrip()
         if stripped[:6].lower() == b"digest":
             return m.group(1) + _SECRET_PARAM.sub(rb'\1="[redacted]"', value)
-        scheme = stripped.split(b" ", 1)[0]
+        scheme = stripped.split(None, 1)[0] if stripped else b""
         return m.group(1) + b" " + scheme + b" [redacted]"
 
-    out = _AUTH_LINE.sub(auth_line, raw)
+    # Unfold first so a secret on a continuation line is still seen as part of its header
+    # (only the head: the body is left as received).
+    head, sep, body = raw.partition(b"\r\n\r\n")
+    out = _AUTH_LINE.sub(auth_line, _FOLD.sub(b" ", head)) + sep + body
     return _URI_PASSWORD.sub(rb"\1:[redacted]@", out)

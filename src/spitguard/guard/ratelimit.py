@@ -42,7 +42,9 @@ class GroupBudgets:
 # Kamailio's stock anti-flood is 16 requests per 2 s; FreePBX allows 10 packets per 60 s
 # before a short block. Registered sites get room for a whole office re-registering.
 DEFAULT_BUDGETS: dict[str, GroupBudgets] = {
-    "untrusted": GroupBudgets(Budget(10, 2.0), Budget(10, 2.0), Budget(16, 2.0)),
+    # Untrusted REGISTERs: room for an office of ~50 phones booting at once behind one
+    # address (each sends an unauthenticated REGISTER and then the authenticated one).
+    "untrusted": GroupBudgets(Budget(120, 2.0), Budget(10, 2.0), Budget(16, 2.0)),
     "registered": GroupBudgets(Budget(400, 2.0), Budget(400, 2.0), Budget(400, 2.0)),
     "upstream": GroupBudgets(Budget(None), Budget(None), Budget(None)),
     "peers": GroupBudgets(Budget(2000, 2.0), Budget(2000, 2.0), Budget(2000, 2.0)),
