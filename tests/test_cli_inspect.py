@@ -467,3 +467,52 @@ def test_non_utf8_terminal() -> None:
     proc = run("inspect", str(path), env={"PYTHONIOENCODING": "ascii"})
     assert proc.returncode == 0
     proc.stdout.decode("ascii")
+
+
+# --- inspect --source: the guard's verdict ------------------------------------------------
+
+
+def _config(tmp_path: Path, trusted: str = "127.0.2.1/32") -> Path:
+    path = tmp_path / "guard.toml"
+    path.write_text(
+        f'data_dir = "{tmp_path / "var"}"\n[upstream]\ntrusted_sources = ["{trusted}"]\n'
+    )
+    return path
+
+
+@pytest.mark.parametrize("row", manifest("scanners"), ids=lambda r: r["name"])
+def test_source_verdict_for_scanners_is_exit_1(tmp_path: Path, row: dict[str, str]) -> None:
+    path = CORPORA / "scanners" / row["name"]
+    code, out = run_json(
+        str(path), "--source", "127.0.66.9:5060", "--config", str(_config(tmp_path))
+    )
+    assert code == 1, out
+    assert out["verdict"]["action"] in ("drop", "ban")
+    assert out["verdict"]["trusted_group"] is None
+
+
+def test_source_verdict_for_a_trusted_peer_is_exit_0(tmp_path: Path) -> None:
+    path = CORPORA / "legit" / "kamailio534_dispatcher_options_ping.sip"
+    config = str(_config(tmp_path))
+    code, out = run_json(str(path), "--source", "127.0.2.1", "--config", config)
+    assert code == 0 and out["verdict"]["action"] == "pass", out
+    assert out["verdict"]["trusted_group"] == "upstream"
+    # The same keep-alive from a stranger is an svmap-style probe: silence, exit 1.
+    code, out = run_json(str(path), "--source", "127.0.66.4", "--config", config)
+    assert code == 1 and out["verdict"]["reason"] == "policy:options", out
+
+
+def test_source_verdict_text_and_bad_source(tmp_path: Path) -> None:
+    path = CORPORA / "scanners" / "svwar_v03_register.sip"
+    proc = run("inspect", str(path), "--source", "127.0.66.9", "--config", str(_config(tmp_path)))
+    assert proc.returncode == 1
+    assert "Verdict: ban (scanner)" in proc.stdout.decode()
+    proc = run("inspect", str(path), "--source", "not-an-ip", "--config", str(_config(tmp_path)))
+    assert proc.returncode == 2 and "expected IP" in proc.stderr.decode()
+    assert b"Traceback" not in proc.stderr
+
+
+def test_malformed_with_source_is_still_exit_2(tmp_path: Path) -> None:
+    path = CORPORA / "rfc4475" / "badvers.dat"
+    proc = run("inspect", str(path), "--source", "127.0.66.9", "--config", str(_config(tmp_path)))
+    assert proc.returncode == 2

@@ -13,6 +13,7 @@ import json
 import sys
 import unicodedata
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, TypeAlias
 
 from . import __version__
@@ -40,11 +41,13 @@ if TYPE_CHECKING:
 Handler: TypeAlias = Callable[[argparse.Namespace], int]
 
 EXIT_OK = 0
+EXIT_BLOCKED = 1  # inspect --source: the guard would drop, reject or ban it
 EXIT_ERROR = 2  # bad input, unreadable file or usage error (argparse uses 2 as well)
 
 EXIT_CODES_HELP = f"""\
 exit codes:
-  {EXIT_OK}  success
+  {EXIT_OK}  success (with --source: the guard would pass the message)
+  {EXIT_BLOCKED}  with --source: the guard would drop, reject or ban the message
   {EXIT_ERROR}  malformed input, unreadable file or usage error
 """
 
@@ -124,6 +127,13 @@ def add_inspect(subparsers: Subparsers) -> None:
     )
     p.add_argument("file", metavar="FILE", help='file holding one SIP message, or "-" for stdin')
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument(
+        "--source",
+        metavar="IP[:PORT]",
+        help="also show the guard's verdict for this message from this source "
+        "(exit 0 pass, 1 drop/reject/ban)",
+    )
+    p.add_argument("--config", metavar="FILE", type=Path, default=None, help="TOML file")
     p.set_defaults(handler=run_inspect)
 
 
@@ -144,11 +154,39 @@ def run_inspect(args: argparse.Namespace) -> int:
         report_malformed(exc, as_json=args.json)
         return EXIT_ERROR
     summary = summarize(msg, data, converted)
+    code = EXIT_OK
+    if args.source is not None:
+        from .config import ConfigError
+        from .inspect_verdict import evaluate
+
+        try:
+            verdict, group = evaluate(msg, data, args.source, args.config)
+        except (ConfigError, ValueError) as exc:
+            print(f"spitguard inspect: {exc}", file=sys.stderr)
+            return EXIT_ERROR
+        summary["verdict"] = {
+            "action": verdict.action,
+            "reason": verdict.reason,
+            "details": list(verdict.details),
+            "code": verdict.code,
+            "source": args.source,
+            "trusted_group": group,
+        }
+        code = EXIT_OK if verdict.passes else EXIT_BLOCKED
     if args.json:
         emit(sys.stdout, json.dumps(summary, indent=2) + "\n")
     else:
         emit(sys.stdout, render_text(summary))
-    return EXIT_OK
+        if "verdict" in summary:
+            v = summary["verdict"]
+            why = f" ({', '.join(v['details'])})" if v["details"] else ""
+            group_text = f"trusted: {v['trusted_group']}" if v["trusted_group"] else "untrusted"
+            emit(
+                sys.stdout,
+                f"Verdict: {v['action']} ({v['reason']}){why}; source {v['source']} "
+                f"is {group_text}\n",
+            )
+    return code
 
 
 def read_input(name: str) -> bytes:
