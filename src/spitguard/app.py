@@ -209,6 +209,8 @@ class Edge:
         if proxy is None or guard is None:
             return
         now = time.time()
+        if guard.drop_if_banned(flow, data, now):
+            return
         try:
             msg = parse(data)
         except SipParseError as exc:

@@ -113,6 +113,16 @@ class Guard:
         self.stats = GuardStats()
 
     # --- the decision -------------------------------------------------------------------
+    def drop_if_banned(self, flow: Flow, raw: bytes, now: float) -> bool:
+        """The flood path, before any parsing: a banned source costs a dict lookup and a
+        counter (a registered phone's own flow is exempt, as in `decide`)."""
+        ip = flow.remote_host
+        if not self.bans.is_banned(ip, now) or self.registered_flow(flow):
+            return False
+        self.stats.count(DROP, "banned")
+        self.events.record(ip, "banned", now, action=DROP, transport=flow.transport, raw=raw)
+        return True
+
     def decide(self, msg: Request | Response, flow: Flow, raw: bytes, now: float) -> Verdict:
         verdict = self._decide(msg, flow, raw, now)
         self.stats.count(verdict.action, verdict.reason)
