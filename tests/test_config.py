@@ -67,7 +67,7 @@ def test_defaults_are_the_embedded_default() -> None:
         3600,
         3600,
     )
-    assert s.registrar.nonce_ttl == 300 and s.registrar.digest_algorithms == ["MD5", "SHA-256"]
+    assert s.registrar.nonce_ttl == 300 and s.registrar.digest_algorithms == ["MD5"]
     assert s.upstream.targets == [] and s.upstream.trusted_sources == []
     assert s.keepalive.udp_interval == 25.0 and s.keepalive.udp_method == "options"
     assert s.keepalive.stream_interval == 90.0

@@ -198,7 +198,7 @@ class SipSettings(_Section):
 
 
 DigestAlgorithm = Literal["MD5", "SHA-256"]
-DEFAULT_DIGEST_ALGORITHMS: tuple[DigestAlgorithm, ...] = ("MD5", "SHA-256")
+DEFAULT_DIGEST_ALGORITHMS: tuple[DigestAlgorithm, ...] = ("MD5",)
 
 
 class RegistrarSettings(_Section):
@@ -206,8 +206,9 @@ class RegistrarSettings(_Section):
     max_expires: Annotated[int, Field(ge=1)] = 3600
     default_expires: Annotated[int, Field(ge=1)] = 3600
     nonce_ttl: Positive = 300.0
-    # Many desk phones answer only the first challenge and know only MD5 (RFC 8760 lets
-    # the server order them), so MD5 leads by default; put SHA-256 first for modern fleets.
+    # MD5 only by default: some clients (libre/baresip 1.x) reject the whole 401 when any
+    # challenge uses an algorithm they lack, and many desk phones know only MD5. Offer
+    # SHA-256 (RFC 8760) when every phone of the installation supports it.
     digest_algorithms: Annotated[list[DigestAlgorithm], NoDecode, EnvList, Field(min_length=1)] = (
         Field(default_factory=lambda: list(DEFAULT_DIGEST_ALGORITHMS))
     )

@@ -2,7 +2,7 @@
 
 Phones sit behind NAT, so the only way to reach one is back through the exact flow its
 REGISTER came in on: the same UDP socket to the same public address and port, or the
-same TCP/TLS connection (RFC 5626). A `Flow` names that path; a `FlowToken` is its signed,
+same TCP/TLS connection (RFC 5626). A `Flow` names that path; a flow token is its sealed,
 opaque form, carried in Record-Route and Contact so later requests find the way back
 without the edge keeping per-dialog state.
 """
@@ -10,9 +10,10 @@ without the edge keeping per-dialog state.
 from __future__ import annotations
 
 import base64
-import hashlib
-import hmac
 from dataclasses import dataclass
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESSIV
 
 TRANSPORTS = ("udp", "tcp", "tls")
 
@@ -58,21 +59,23 @@ class Target:
 
 
 class FlowTokens:
-    """Encode flows and targets into HMAC-signed tokens (RFC 5626 §5.2 flow tokens).
+    """Flows and targets as opaque tokens (RFC 5626 §5.2 flow tokens), carried in the
+    edge's Record-Route and Contact so later requests find the way back statelessly.
 
-    Signed so that nobody can hand the edge a Route naming an arbitrary address and turn
-    it into an open relay; a token that fails the check is treated as absent.
+    Encrypted and authenticated (AES-SIV): authenticated so nobody can hand the edge a
+    Route naming an arbitrary address and turn it into an open relay; encrypted because a
+    token names a phone's public address and port, which callers must never learn (that
+    is exactly what a scanner wants, to reach the phone without the edge). Deterministic,
+    so one flow always gets the same token. A token that fails the check is treated as
+    absent.
     """
 
-    __slots__ = ("_key",)
+    __slots__ = ("_siv",)
 
     def __init__(self, key: bytes) -> None:
-        if len(key) < 16:
-            raise ValueError("flow token key must be at least 16 bytes")
-        self._key = key
-
-    def _mac(self, payload: bytes) -> bytes:
-        return hmac.new(self._key, payload, hashlib.sha256).digest()[:12]
+        if len(key) < 32:
+            raise ValueError("flow token key must be at least 32 bytes")
+        self._siv = AESSIV(key[:64] if len(key) >= 64 else key[:32])
 
     def encode(self, where: Flow | Target) -> str:
         if isinstance(where, Flow):
@@ -82,8 +85,7 @@ class FlowTokens:
             )
         else:
             text = f"t|{where.transport}|{where.host}|{where.port}"
-        payload = text.encode()
-        raw = self._mac(payload) + payload
+        raw = self._siv.encrypt(text.encode(), None)
         return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
 
     def decode(self, token: str) -> Flow | Target | None:
@@ -96,17 +98,17 @@ class FlowTokens:
             return None
         if base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii") != token:
             return None  # only our own spelling: one token per flow
-        mac, payload = raw[:12], raw[12:]
-        if len(mac) != 12 or not hmac.compare_digest(mac, self._mac(payload)):
+        try:
+            parts = self._siv.decrypt(raw, None).decode().split("|")
+        except (InvalidTag, ValueError, UnicodeDecodeError):
             return None
         try:
-            parts = payload.decode().split("|")
             if parts[0] == "f" and len(parts) == 7:
                 return Flow(
                     parts[1], parts[2], int(parts[3]), parts[4], int(parts[5]), int(parts[6])
                 )
             if parts[0] == "t" and len(parts) == 4:
                 return Target(parts[1], parts[2], int(parts[3]))
-        except (UnicodeDecodeError, ValueError):
+        except ValueError:
             return None
         return None
