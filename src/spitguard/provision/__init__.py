@@ -1,0 +1,1 @@
+"""Boot server: hardening profiles and one sans-I/O driver per phone vendor."""
