@@ -43,6 +43,8 @@ from spitguard.proxy.location import Binding, Location
 from spitguard.proxy.nat import BEHIND_NAT, EXPOSED, PRIVATE, NatInfo
 from spitguard.proxy.registrar import RegistrarPolicy
 from spitguard.sip import Request, Response, SipUri, parse, parse_uri
+from spitguard.sip.auth import format_challenge
+from spitguard.sip.digest import DigestResult, DigestServer, ha1_from_passwords
 from spitguard.sip.transaction import DEFAULT_TIMERS
 from spitguard.transport.flow import Flow, FlowTokens, Target
 
@@ -1151,3 +1153,59 @@ class TestLocation:
         assert not loc.has_flow_from("udp", "127.0.1.5", 5060)
         assert loc.has_flow_from("udp", "127.0.1.6", 5060)
         assert loc.remove(ALICE, "sip:a@h1") is None
+
+
+# ======================================================================================
+# Push re-sync: NOTIFY check-sync from the edge through the phone's own flow
+# ======================================================================================
+class TestCheckSync:
+    def _notify(self, edge: Edge, p5: Flow, outcomes: list[str]) -> Request:
+        (b,) = edge.bindings("alice")
+        edge.proxy.send_check_sync(b, outcomes.append)
+        (sent,) = edge.out.take()
+        assert sent.remote == (p5.remote_host, p5.remote_port)
+        req = sent.request
+        assert req.method == "NOTIFY" and req.get("event") == "check-sync"
+        assert str(req.uri) == str(b.contact)
+        return req
+
+    def test_phone_that_accepts_answers_200(self, edge: Edge) -> None:
+        register_alice(edge, 5)
+        p5 = phone_flow(5)
+        outcomes: list[str] = []
+        notify = self._notify(edge, p5, outcomes)
+        edge.receive(p5, answer(notify, 200, tag="ph"))
+        assert outcomes == ["ok"]
+
+    def test_phone_challenge_is_answered_with_the_line_credentials(self, edge: Edge) -> None:
+        # Polycom requestValidation method "digest": the phone challenges with realm
+        # PolycomSPIP and the line's own credentials.
+        register_alice(edge, 5)
+        p5 = phone_flow(5)
+        outcomes: list[str] = []
+        notify = self._notify(edge, p5, outcomes)
+        server = DigestServer(b"phone-secret-0123456789", "PolycomSPIP", algorithms=("MD5",))
+        (challenge,) = server.challenge(0.0)
+        fields = [("WWW-Authenticate", format_challenge(challenge))]
+        out = edge.receive(p5, answer(notify, 401, tag="ph", extra=fields))
+        (retry,) = [s for s in out if s.remote == (p5.remote_host, p5.remote_port)]
+        authorized = retry.request
+        assert authorized.method == "NOTIFY" and authorized.cseq.number == 2
+        (creds,) = authorized.authorization
+        lookup = ha1_from_passwords(lambda u, r: PASSWORDS["alice"] if u == "alice" else None)
+        assert server.verify(creds, method="NOTIFY", ha1=lookup, now=1.0) is DigestResult.OK
+        assert outcomes == []
+        edge.receive(p5, answer(authorized, 200, tag="ph"))
+        assert outcomes == ["ok"]
+
+    def test_refusal_and_silence_are_reported(self, edge: Edge) -> None:
+        register_alice(edge, 5)
+        p5 = phone_flow(5)
+        outcomes: list[str] = []
+        notify = self._notify(edge, p5, outcomes)
+        edge.receive(p5, answer(notify, 400, tag="ph"))
+        assert outcomes == ["rejected:400"]
+        outcomes.clear()
+        self._notify(edge, p5, outcomes)
+        edge.advance(64 * T1 + 1)  # the phone never answers: Timer F
+        assert outcomes == ["timeout"]

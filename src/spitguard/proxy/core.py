@@ -24,6 +24,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from ..sip.auth import format_credentials
+from ..sip.digest import DigestClient, select_challenge
 from ..sip.errors import SipParseError
 from ..sip.headers import Via
 from ..sip.message import Request, Response, make_response, parse
@@ -156,6 +158,7 @@ class Proxy:
         self._branches: dict[object, _Branch] = {}  # client tx key -> branch
         self._flows: dict[object, Flow | Target] = {}  # tx key -> where it sends
         self._cancels: dict[object, _Branch] = {}  # CANCEL client tx key -> its branch
+        self._own: dict[object, Callable[[Response | None], None]] = {}  # our own requests
         self._tag_secret = tag_secret or secrets.token_bytes(16)
         self._us_hosts = {config.host.lower(), *(h.lower() for h in config.local_hosts)}
         self._us_ports = set(config.ports.values())
@@ -630,6 +633,8 @@ class Proxy:
                     branch = self._branches.get(key)
                     if branch is not None:
                         self._branch_response(branch, msg)
+                    elif key in self._own and msg.status >= 200:
+                        self._own.pop(key)(msg)
             elif isinstance(ev, Timeout | TransportError):
                 branch = self._branches.get(key)
                 if branch is not None and branch.final is None:
@@ -638,6 +643,9 @@ class Proxy:
                 cancelled = self._cancels.get(key)
                 if cancelled is not None and cancelled.final is None:
                     self._give_up(cancelled)
+                own = self._own.pop(key, None)
+                if own is not None:
+                    own(None)
             elif isinstance(ev, Terminated):
                 self._forget(tx)
         self.table.update(tx)
@@ -649,6 +657,9 @@ class Proxy:
         self._flows.pop(key, None)
         self._branches.pop(key, None)
         self._cancels.pop(key, None)
+        own = self._own.pop(key, None)
+        if own is not None and tx.terminated:
+            own(None)
         ctx = self._contexts.get(key)
         if ctx is not None and ctx.stx is tx:
             del self._contexts[key]
@@ -711,6 +722,80 @@ class Proxy:
     def _binding_reachable(self, b: Binding) -> bool:
         # A TCP/TLS binding is only reachable while its connection lives (RFC 5626).
         return self.out.is_alive(b.flow)
+
+    # --- requests the edge itself originates ----------------------------------------------
+    def send_check_sync(self, b: Binding, done: Callable[[str], None]) -> None:
+        """Push a re-sync to a registered phone: NOTIFY `Event: check-sync` through its own
+        flow, answering the phone's digest challenge (Polycom requestValidation `digest`)
+        with its line's credentials. `done` gets "ok", "rejected:<code>", "timeout" or
+        "no-credentials"."""
+        line = self.directory.line(b.aor)
+        host = self.config.host
+        call_id = secrets.token_hex(12)
+        tag = secrets.token_hex(6)
+
+        def notify(cseq: int, auth: tuple[str, str] | None) -> Request:
+            transport = b.flow.transport
+            port = self.config.ports.get(transport) or self.config.ports.get("udp", 5060)
+            fields = [
+                (
+                    "Via",
+                    f"SIP/2.0/{transport.upper()} {host}:{port};branch=z9hG4bK"
+                    + secrets.token_hex(10),
+                ),
+                ("Max-Forwards", "70"),
+                ("From", f"<sip:provisioning@{host}>;tag={tag}"),
+                ("To", f"<{b.aor}>"),
+                ("Call-ID", call_id),
+                ("CSeq", f"{cseq} NOTIFY"),
+                ("Contact", f"<sip:provisioning@{host}:{port}>"),
+                ("Event", "check-sync"),
+                ("Subscription-State", "terminated"),
+                ("User-Agent", self.config.user_agent),
+            ]
+            for p in reversed(b.path):
+                fields.insert(1, ("Route", p))
+            if auth is not None:
+                fields.append(auth)
+            return Request("NOTIFY", b.contact, fields)
+
+        def start(req: Request, handler: Callable[[Response | None], None]) -> None:
+            tx = new_client_transaction(req, reliable=b.flow.reliable)
+            if not self.table.add(tx):
+                done("busy")
+                return
+            self._flows[tx.key] = b.flow
+            self._own[tx.key] = handler
+            self._events(tx, tx.start(self.clock()))
+
+        def second(resp: Response | None) -> None:
+            if resp is None:
+                done("timeout")
+            else:
+                done("ok" if resp.status < 300 else f"rejected:{resp.status}")
+
+        def first(resp: Response | None) -> None:
+            if resp is None:
+                done("timeout")
+                return
+            if resp.status < 300:
+                done("ok")
+                return
+            if resp.status not in (401, 407) or line is None:
+                done(f"rejected:{resp.status}" if line is not None else "no-credentials")
+                return
+            challenges = resp.www_authenticate if resp.status == 401 else resp.proxy_authenticate
+            challenge = select_challenge(challenges)
+            if challenge is None:
+                done(f"rejected:{resp.status}")
+                return
+            creds = DigestClient(line.auth_user, line.password).authorize(
+                challenge, method="NOTIFY", uri=str(b.contact)
+            )
+            name = "Authorization" if resp.status == 401 else "Proxy-Authorization"
+            start(notify(2, (name, format_credentials(creds))), second)
+
+        start(notify(1, None), first)
 
     # --- keep-alives --------------------------------------------------------------------
     def keepalive(self, *, udp_method: str, streams: bool = True) -> int:
