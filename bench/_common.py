@@ -32,9 +32,12 @@ __all__ = [
     "interleaved",
     "machine_summary",
     "median",
+    "pin_tasks",
     "pin_to_one_cpu",
     "print_profile",
+    "process_cpu_seconds",
     "result_line",
+    "session_pids",
 ]
 
 # One timed round: run the work, return how many operations it performed.
@@ -176,6 +179,58 @@ def result_line(
         obj["ratio"] = round(value / baseline_value, 2) if baseline_value else None
     obj.update(extra)
     return json.dumps(obj)
+
+
+# --- other processes (Linux /proc): pin them, find them, time them ---------------------
+
+
+def _proc_stat(pid: int) -> list[str] | None:
+    """Fields of /proc/PID/stat from field 3 (state) on; None if the process is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as fh:
+            text = fh.read()
+    except OSError:
+        return None
+    return text[text.rfind(")") + 2 :].split()  # the name (field 2) may hold anything
+
+
+def session_pids(sid: int) -> list[int]:
+    """Processes of session `sid` (its leader included), e.g. a server and its workers."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            fields = _proc_stat(int(entry))
+            if fields is not None and int(fields[3]) == sid:  # field 6: session
+                out.append(int(entry))
+    return sorted(out)
+
+
+def pin_tasks(pids: list[int], cpu: int) -> int:
+    """Pin every thread of every process in `pids` to `cpu` (affinity is per thread on
+    Linux; threads and children created later inherit it). Returns threads pinned."""
+    pinned = 0
+    for pid in pids:
+        try:
+            tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                os.sched_setaffinity(tid, {cpu})
+            except OSError:
+                continue
+            pinned += 1
+    return pinned
+
+
+def process_cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time consumed so far by `pids` (all their threads)."""
+    ticks = 0
+    for pid in pids:
+        fields = _proc_stat(pid)
+        if fields is not None:
+            ticks += int(fields[11]) + int(fields[12])  # fields 14, 15: utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 if __name__ == "__main__":  # `make bench` runs every bench/*.py; this one is a library
