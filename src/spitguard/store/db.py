@@ -29,7 +29,17 @@ from ..config import Settings
 from .crypto import SecretBox, load_or_create_key
 from .errors import AlreadyExistsError, StoreError
 from .models import INVENTORY_REVISION_KEY, Revision
-from .repos import BanRepo, BindingRepo, EventRepo, LineRepo, TenantRepo
+from .repos import (
+    BanRepo,
+    BindingRepo,
+    DeviceRepo,
+    EventRepo,
+    FetchLogRepo,
+    LineRepo,
+    ProfileRepo,
+    TenantRepo,
+    UploadRepo,
+)
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 SQLITE_BUSY_TIMEOUT_MS = 5000
@@ -53,6 +63,10 @@ class Store:
         self.bindings = BindingRepo(self)
         self.bans = BanRepo(self)
         self.events = EventRepo(self)
+        self.devices = DeviceRepo(self)
+        self.profiles = ProfileRepo(self)
+        self.fetches = FetchLogRepo(self)
+        self.uploads = UploadRepo(self)
 
     def __repr__(self) -> str:
         url = self.engine.url.render_as_string(hide_password=True)

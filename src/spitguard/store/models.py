@@ -28,6 +28,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -210,4 +211,136 @@ class SecurityEvent(Base):
         return (
             f"SecurityEvent(id={self.id!r}, source={self.source!r}, reason={self.reason!r}, "
             f"minute={self.minute!r}, count={self.count!r})"
+        )
+
+
+# --- boot server: devices, their lines, tenant hardening profiles, fetches, uploads --------
+
+
+class Device(Base):
+    """One desk phone, known by its MAC. Both passwords are sealed with the store's box."""
+
+    __tablename__ = "devices"
+    __table_args__ = (
+        # 12 lower-case hex digits, the form phones request their files by; ltrim() with a
+        # character set exists on SQLite and PostgreSQL alike, a regex does not.
+        CheckConstraint(
+            "length(mac) = 12 AND ltrim(mac, '0123456789abcdef') = ''", name="mac_lower_hex"
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    mac: Mapped[str] = mapped_column(String(12), unique=True)
+    vendor: Mapped[str] = mapped_column(String(32))
+    model: Mapped[str | None] = mapped_column(String(64))
+    label: Mapped[str | None] = mapped_column(String(64))
+    admin_password_enc: Mapped[bytes] = mapped_column(LargeBinary)
+    # The phone's own HTTP-digest password for fetching its configuration.
+    prov_password_enc: Mapped[bytes] = mapped_column(LargeBinary)
+    overrides: Mapped[dict[str, str]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+    def __repr__(self) -> str:  # sealed passwords left out on purpose
+        return f"Device(id={self.id!r}, mac={self.mac!r}, vendor={self.vendor!r})"
+
+
+class DeviceLine(Base):
+    """Which line sits on which line key of a device. A line may appear on several devices."""
+
+    __tablename__ = "device_lines"
+    __table_args__ = (CheckConstraint("line_key >= 1 AND line_key <= 255", name="line_key_range"),)
+
+    device_id: Mapped[int] = mapped_column(
+        ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True
+    )
+    line_key: Mapped[int] = mapped_column(Integer, primary_key=True)
+    line_id: Mapped[int] = mapped_column(ForeignKey("lines.id", ondelete="CASCADE"), index=True)
+
+    def __repr__(self) -> str:
+        return (
+            f"DeviceLine(device_id={self.device_id!r}, line_key={self.line_key!r}, "
+            f"line_id={self.line_id!r})"
+        )
+
+
+class TenantProfile(Base):
+    """A tenant's hardening choices; a tenant without a row gets the strict defaults."""
+
+    __tablename__ = "tenant_profiles"
+
+    tenant_id: Mapped[int] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True
+    )
+    web_ui: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    invite_validation: Mapped[str] = mapped_column(
+        String(8), default="source", server_default="source"
+    )
+    checksync_validation: Mapped[str] = mapped_column(
+        String(8), default="digest", server_default="digest"
+    )
+    polling: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    resync_reboots: Mapped[bool | None] = mapped_column(Boolean)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+    def __repr__(self) -> str:
+        return f"TenantProfile(tenant_id={self.tenant_id!r}, web_ui={self.web_ui!r})"
+
+
+class FetchLogRow(Base):
+    """One provisioning request: who asked for which file and what they got.
+
+    ``device_id`` is null for MACs we do not know (kept: scanners probe boot servers too);
+    ``version`` is the SHA-256 of the body served. Times are float epochs like the guard's.
+    """
+
+    __tablename__ = "fetch_log"
+    __table_args__ = (Index(None, "device_id", "at"), Index(None, "at"))
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer(), "sqlite"), primary_key=True
+    )
+    device_id: Mapped[int | None] = mapped_column(ForeignKey("devices.id", ondelete="SET NULL"))
+    mac_requested: Mapped[str] = mapped_column(String(64))
+    path: Mapped[str] = mapped_column(String(512))
+    status: Mapped[int] = mapped_column(Integer)
+    version: Mapped[str | None] = mapped_column(String(64))
+    user_agent: Mapped[str | None] = mapped_column(String(256))
+    firmware: Mapped[str | None] = mapped_column(String(64))
+    model: Mapped[str | None] = mapped_column(String(64))
+    source: Mapped[str] = mapped_column(String(64))
+    at: Mapped[float] = mapped_column(Float)
+
+    def __repr__(self) -> str:
+        return (
+            f"FetchLogRow(id={self.id!r}, mac_requested={self.mac_requested!r}, "
+            f"path={self.path!r}, status={self.status!r})"
+        )
+
+
+class DeviceUpload(Base):
+    """A file a phone uploaded (logs, local overrides) with what it undoes of the hardening.
+
+    ``size`` is the size received; ``body`` keeps at most a capped prefix of it.
+    """
+
+    __tablename__ = "device_uploads"
+    __table_args__ = (Index(None, "device_id", "at"),)
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer(), "sqlite"), primary_key=True
+    )
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(32))
+    path: Mapped[str] = mapped_column(String(512))
+    size: Mapped[int] = mapped_column(BigInteger)
+    body: Mapped[bytes] = mapped_column(LargeBinary)
+    weakening: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    at: Mapped[float] = mapped_column(Float)
+
+    def __repr__(self) -> str:  # the body left out: it is untrusted bytes
+        return (
+            f"DeviceUpload(id={self.id!r}, device_id={self.device_id!r}, kind={self.kind!r}, "
+            f"size={self.size!r})"
         )
