@@ -141,7 +141,11 @@ def write_config(
         f"trusted_sources = [{trs}]\n"
         "[keepalive]\n"
         "udp_interval = 5.0\n"
-        "stream_interval = 10.0\n" + extra
+        "stream_interval = 10.0\n"
+        # Free ports so edges of parallel runs never collide on the defaults.
+        + ("" if "[metrics]" in extra else f"[metrics]\nport = {free_port()}\n")
+        + ("" if "[web]" in extra else f"[web]\nport = {free_port()}\n")
+        + extra
     )
 
 

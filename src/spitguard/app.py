@@ -35,6 +35,7 @@ from .store.repos import BindingRecord
 from .transport.flow import Flow, FlowTokens, Target
 from .transport.layer import TransportLayer
 from .transport.tls import client_context, ensure_self_signed, server_context
+from .web import WebContext, WebServer, create_app
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,7 @@ class Edge:
         self._ban_dirty: dict[str, Ban | None] = {}
         self.events_written = 0
         self.metrics_server: asyncio.Server | None = None
+        self.web: WebServer | None = None
 
     # --- lifecycle ----------------------------------------------------------------------
     async def start(self) -> None:
@@ -178,9 +180,18 @@ class Edge:
             self.metrics_server = await serve_metrics(
                 s.metrics.host, s.metrics.port, self.metrics_snapshot
             )
+        if s.web.enabled:
+            self.web = WebServer(create_app(self.web_context()), s.web.host, s.web.port)
+            await self.web.start()
+
+    def web_context(self) -> WebContext:
+        assert self.store is not None
+        return WebContext(settings=self.settings, store=self.store)
 
     async def stop(self) -> None:
         self._stopping.set()
+        if self.web is not None:
+            await self.web.stop()
         if self.metrics_server is not None:
             self.metrics_server.close()
         for task in self._tasks:
@@ -529,8 +540,14 @@ def banner(edge: Edge) -> str:
         f"  data:      {s.data_dir}/ ({s.effective_database_url.split(':', 1)[0]})\n"
         f"  lines:     {len(edge.directory)} loaded, {len(edge.location)} bindings restored\n"
     )
+    if edge.web is not None:
+        text += f"  portal:    http://{_url_host(s.web.host)}:{edge.web.port}/\n"
     if edge.demo_lines:
         text += "  demo lines (register a softphone through the edge with these):\n"
         text += "".join(f"    {aor}  password {pw}\n" for aor, pw in edge.demo_lines)
     text += "  stop with Ctrl-C\n"
     return text
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host

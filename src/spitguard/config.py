@@ -389,6 +389,7 @@ class MetricsSettings(_Section):
 
 
 class WebSettings(_Section):
+    enabled: bool = True
     host: Host = "127.0.0.1"
     port: Port = 8080
 
