@@ -49,6 +49,7 @@ class EdgeServer:
     proc: subprocess.Popen[bytes] | None = None
     banner: str = ""
     stderr_path: Path = field(default=Path())
+    wrap: list[str] = field(default_factory=list)  # e.g. `ip netns exec NS`
 
     @property
     def addr(self) -> str:
@@ -68,7 +69,11 @@ class EdgeServer:
         self.stderr_path = self.data_dir.parent / f"edge-{time.monotonic_ns()}.log"
         err = self.stderr_path.open("wb")
         self.proc = subprocess.Popen(
-            [*spitguard_cmd(), "serve", "--config", str(self.config), "--log-level", "debug"],
+            [
+                *self.wrap,
+                *spitguard_cmd(),
+                *("serve", "--config", str(self.config), "--log-level", "debug"),
+            ],
             stdout=subprocess.PIPE,
             stderr=err,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
@@ -145,6 +150,8 @@ def write_config(
         # Free ports so edges of parallel runs never collide on the defaults.
         + ("" if "[metrics]" in extra else f"[metrics]\nport = {free_port()}\n")
         + ("" if "[web]" in extra else f"[web]\nport = {free_port()}\n")
+        # The host's firewall is not ours to change: nftables only in a test's own netns.
+        + ("" if "[firewall]" in extra else '[firewall]\nnftables = "off"\n')
         + extra
     )
 
@@ -157,15 +164,17 @@ def running_edge(
     trusted: Sequence[str] = (),
     users: dict[str, str] | None = None,
     extra: str = "",
+    wrap: Sequence[str] = (),
 ) -> Iterator[EdgeServer]:
-    """A configured, populated, running edge; stopped (and checked for a clean exit) after."""
+    """A configured, populated, running edge; stopped (and checked for a clean exit) after.
+    `wrap` prefixes the server's command line (e.g. `ip netns exec NS`)."""
     data_dir = tmp / "var"
     udp = free_port()
     tcp = udp
     tls = free_port()
     config = tmp / "edge.toml"
     write_config(config, data_dir, udp, tcp, tls, upstream=upstream, trusted=trusted, extra=extra)
-    edge = EdgeServer(data_dir, config, udp, tcp, tls)
+    edge = EdgeServer(data_dir, config, udp, tcp, tls, wrap=list(wrap))
     r = edge.cli("tenant", "add", "acme", "--domain", DOMAIN)
     assert r.returncode == 0, r.stderr
     for user, password in (users or USERS).items():

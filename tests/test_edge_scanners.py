@@ -9,7 +9,6 @@ import json
 import shutil
 import socket
 import subprocess
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,10 +16,8 @@ from pathlib import Path
 import pytest
 
 from corpus import manifest, read
+from edge_client import parse_metrics, register, silent, wait_for
 from edge_server import DOMAIN, EDGE_HOST, USERS, EdgeServer, free_port, running_edge
-from spitguard.sip import Request, parse
-from spitguard.sip.auth import format_credentials
-from spitguard.sip.digest import DigestClient
 
 
 def _tool(name: str) -> str:
@@ -45,12 +42,7 @@ def edge(tmp_path: Path) -> Iterator[EdgeServer]:
 def metrics(edge: EdgeServer) -> dict[str, float]:
     port = edge.metrics_port  # type: ignore[attr-defined]
     text = urllib.request.urlopen(f"http://{EDGE_HOST}:{port}/metrics", timeout=5).read()
-    out: dict[str, float] = {}
-    for line in text.decode().splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            out[name] = float(value)
-    return out
+    return parse_metrics(text.decode())
 
 
 def bans(edge: EdgeServer) -> list[dict[str, object]]:
@@ -61,32 +53,11 @@ def bans(edge: EdgeServer) -> list[dict[str, object]]:
     return data
 
 
-def wait_for(predicate: object, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return
-        time.sleep(0.1)
-    raise AssertionError("condition not met in time")
-
-
 def udp_socket(ip: str, port: int = 0) -> socket.socket:
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.bind((ip, port))
     s.settimeout(0.2)
     return s
-
-
-def silent(sock: socket.socket, seconds: float) -> bool:
-    """True when nothing at all arrives on `sock` for `seconds`."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            sock.recvfrom(65535)
-            return False
-        except TimeoutError:
-            continue
-    return True
 
 
 def test_svmap_gets_no_response_at_all(edge: EdgeServer) -> None:
@@ -201,61 +172,20 @@ def test_scanner_corpus_from_untrusted_sources_gets_silence(edge: EdgeServer) ->
     assert passed == 0.0, m
 
 
-def _register(sock: socket.socket, edge: EdgeServer, user: str, first_cseq: int = 1) -> None:
-    """A minimal phone: REGISTER, answer the 401 with digest, expect 200."""
-    ip, port = sock.getsockname()
-    client = DigestClient(user, USERS[user])
-    auth: str | None = None
-    for cseq in range(first_cseq, first_cseq + 3):
-        lines = [
-            f"REGISTER sip:{DOMAIN} SIP/2.0",
-            f"Via: SIP/2.0/UDP {ip}:{port};branch=z9hG4bK{user}{cseq}{time.monotonic_ns()};rport",
-            "Max-Forwards: 70",
-            f"From: <sip:{user}@{DOMAIN}>;tag=t{user}",
-            f"To: <sip:{user}@{DOMAIN}>",
-            f"Call-ID: reg-{user}-{port}",
-            f"CSeq: {cseq} REGISTER",
-            f"Contact: <sip:{user}@{ip}:{port}>",
-            "Expires: 300",
-            "User-Agent: PolycomVVX-VVX_450-UA/6.4.3.5018",
-        ]
-        if auth is not None:
-            lines.append(f"Authorization: {auth}")
-        data = ("\r\n".join([*lines, "Content-Length: 0"]) + "\r\n\r\n").encode()
-        sock.sendto(data, (EDGE_HOST, edge.udp_port))
-        deadline = time.monotonic() + 5
-        while True:
-            assert time.monotonic() < deadline, "no answer to REGISTER"
-            try:
-                resp = parse(sock.recvfrom(65535)[0])
-            except TimeoutError:
-                continue
-            if not isinstance(resp, Request) and resp.cseq.number == cseq:
-                break
-        if resp.status == 200:  # type: ignore[union-attr]
-            return
-        assert resp.status == 401  # type: ignore[union-attr]
-        challenge = resp.www_authenticate[0]
-        auth = format_credentials(
-            client.authorize(challenge, method="REGISTER", uri=f"sip:{DOMAIN}")
-        )
-    raise AssertionError("could not register")
-
-
 def test_flood_is_banned_while_a_phone_behind_the_same_address_keeps_working(
     edge: EdgeServer,
 ) -> None:
     phone = udp_socket("127.0.1.9")
     flood = udp_socket("127.0.1.9")
     with phone, flood:
-        _register(phone, edge, "bob")
+        register(phone, edge, "bob")
         options = read("scanners", "sipsak_096_options.sip")
         # The flooder shares the phone's address but not its port.
         for _ in range(200):
             flood.sendto(options, (EDGE_HOST, edge.udp_port))
         wait_for(lambda: "127.0.1.9" in {b["source"] for b in bans(edge)})
         # The phone still registers (a refresh, same Call-ID, higher CSeq) and is answered.
-        _register(phone, edge, "bob", first_cseq=10)
+        register(phone, edge, "bob", first_cseq=10)
 
 
 def test_bans_survive_a_restart(edge: EdgeServer) -> None:

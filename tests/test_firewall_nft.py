@@ -10,10 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
-import secrets
 import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -21,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from netns import IP, NFT, PATH, netns, sh
 from spitguard.firewall import NftBans, NftResult, parse_address, run_subprocess
 
 pytestmark = pytest.mark.timeout(60)
@@ -29,9 +27,6 @@ TABLE = "sgtest"
 EDGE = 5060
 BANNED = "127.0.66.5"
 OTHER = "127.0.66.6"
-_PATH = os.environ.get("PATH", "") + ":/usr/sbin:/sbin"
-NFT = shutil.which("nft", path=_PATH)
-IP = shutil.which("ip", path=_PATH)
 
 # Runs inside the namespace: listen on one address/port, send one datagram (or TCP
 # connect) from each source, print which sources got through.
@@ -76,23 +71,10 @@ print(json.dumps(sorted(got)))
 """
 
 
-def _sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(argv, capture_output=True, text=True, timeout=20, check=check)
-
-
 @pytest.fixture
 def ns() -> Iterator[str]:
-    if IP is None or NFT is None:
-        pytest.fail("nft and ip (iproute2) are required: apt-get install -y nftables iproute2")
-    name = f"sg-{secrets.token_hex(4)}"
-    added = _sh(IP, "netns", "add", name, check=False)
-    if added.returncode != 0:
-        pytest.fail(f"cannot create a network namespace (root needed): {added.stderr.strip()}")
-    try:
-        _sh(IP, "netns", "exec", name, IP, "link", "set", "lo", "up")
+    with netns() as name:
         yield name
-    finally:
-        _sh(IP, "netns", "del", name, check=False)
 
 
 def _bans(ns: str, ports: Sequence[tuple[str, int]] = (("udp", EDGE),), **kw: Any) -> NftBans:
@@ -102,7 +84,7 @@ def _bans(ns: str, ports: Sequence[tuple[str, int]] = (("udp", EDGE),), **kw: An
 
 def nft_json(ns: str, *args: str) -> list[dict[str, Any]]:
     assert NFT is not None and IP is not None
-    out = _sh(IP, "netns", "exec", ns, NFT, "-j", "list", *args).stdout
+    out = sh(IP, "netns", "exec", ns, NFT, "-j", "list", *args).stdout
     items: list[dict[str, Any]] = json.loads(out)["nftables"]
     return items
 
@@ -202,7 +184,7 @@ def test_tcp_edge_port_is_dropped(ns: str) -> None:
 def test_ipv6_and_v4_mapped_bans(ns: str) -> None:
     assert IP is not None
     for addr in ("fd00:66::5", "fd00:66::6"):
-        _sh(IP, "netns", "exec", ns, IP, "-6", "addr", "add", f"{addr}/128", "dev", "lo", "nodad")
+        sh(IP, "netns", "exec", ns, IP, "-6", "addr", "add", f"{addr}/128", "dev", "lo", "nodad")
 
     async def run() -> None:
         bans = _bans(ns)
@@ -396,7 +378,7 @@ def test_close_removes_the_table(ns: str) -> None:
         await bans.close()
         assert not bans.available
         assert IP is not None and NFT is not None
-        listed = _sh(IP, "netns", "exec", ns, NFT, "list", "table", "inet", TABLE, check=False)
+        listed = sh(IP, "netns", "exec", ns, NFT, "list", "table", "inet", TABLE, check=False)
         assert listed.returncode != 0
         assert await probe(ns, [BANNED, OTHER]) == [BANNED, OTHER]
         bans.ban(BANNED, 60)  # after close: a validated no-op
@@ -434,7 +416,7 @@ def test_missing_nft_binary_disables_offload(caplog: pytest.LogCaptureFixture) -
 
 
 def test_nft_not_permitted_disables_offload(ns: str, caplog: pytest.LogCaptureFixture) -> None:
-    setpriv = shutil.which("setpriv", path=_PATH)
+    setpriv = shutil.which("setpriv", path=PATH)
     if setpriv is None:
         pytest.fail("setpriv (util-linux) is required")
     drop_root = [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups"]

@@ -13,8 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from . import __version__
-from .config import Settings
+from .config import ConfigError, Settings
 from .demo import ensure_demo
+from .firewall import NftBans
 from .guard.bans import Ban
 from .guard.build import build_guard
 from .guard.core import REJECT, Guard
@@ -81,6 +82,8 @@ class Edge:
         self.events_written = 0
         self.metrics_server: asyncio.Server | None = None
         self.web: WebServer | None = None
+        self.nft: NftBans | None = None
+        self.kernel_drops = 0
 
     # --- lifecycle ----------------------------------------------------------------------
     async def start(self) -> None:
@@ -170,6 +173,7 @@ class Edge:
         )
         await self._load_bindings()
         await self._load_bans()
+        await self._start_firewall()
         self._spawn(self.trusted.run(self._stopping))
         self._spawn(self._events_loop())
         self._spawn(self._directory_loop())
@@ -204,6 +208,8 @@ class Edge:
             self._timer.cancel()
         if self.transport is not None:
             await self.transport.close()
+        if self.nft is not None:
+            await self.nft.close()
         await self._write_dirty()
         await self._write_guard_state()
         if self.store is not None:
@@ -256,6 +262,48 @@ class Edge:
             ban.level,
         )
         self._ban_dirty[ban.source] = ban
+        self._offload_ban(ban, time.time())
+
+    # --- kernel offload (nftables) ----------------------------------------------------
+    async def _start_firewall(self) -> None:
+        fw = self.settings.firewall
+        if fw.nftables == "off" or not self.listening:
+            return
+        nft = NftBans(
+            fw.table,
+            ports=[(x.transport, x.port) for x in self.listening],
+            nft=fw.nft,
+            flush_interval=fw.flush_interval,
+        )
+        if not await nft.setup():
+            if fw.nftables == "on":
+                raise ConfigError(
+                    'firewall.nftables is "on" but nftables could not be set up (see the '
+                    'warning above); run as root or with CAP_NET_ADMIN, or set it to "auto"'
+                )
+            return
+        self.nft = nft
+        log.info("nftables ban offload active (table inet %s)", fw.table)
+        await self._sync_firewall()
+
+    def _offload_ban(self, ban: Ban, now: float) -> None:
+        # A phone registered from the banned address keeps its own flow (the guard exempts
+        # it); the kernel only sees addresses, so such a ban stays in Python.
+        if self.nft is not None and not self.location.has_source_host(ban.source):
+            self.nft.ban(ban.source, ban.until - now)
+
+    async def _sync_firewall(self) -> None:
+        if self.nft is None or self.guard is None:
+            return
+        now = time.time()
+        await self.nft.sync(
+            (
+                (b.source, b.until)
+                for b in self.guard.bans.active(now)
+                if not self.location.has_source_host(b.source)
+            ),
+            now,
+        )
 
     async def _load_bans(self) -> None:
         assert self.store is not None and self.guard is not None
@@ -277,10 +325,14 @@ class Edge:
         for active in list(bans.active(now)):
             if active.source not in stored and active.source not in self._ban_dirty:
                 bans.remove(active.source)
+                if self.nft is not None:
+                    self.nft.unban(active.source)
         for source, b in stored.items():
             current = bans.get(source, now)
             if current is None or current.until != b.until:
-                bans.add(Ban(b.source, b.until, b.level, b.reason, b.created_at, b.manual))
+                ban = Ban(b.source, b.until, b.level, b.reason, b.created_at, b.manual)
+                bans.add(ban)
+                self._offload_ban(ban, now)
 
     async def _write_guard_state(self) -> None:
         store, guard = self.store, self.guard
@@ -306,6 +358,8 @@ class Edge:
             try:
                 await self._write_guard_state()
                 await self._sync_manual_bans()
+                if self.nft is not None:
+                    self.kernel_drops = await self.nft.drops()
                 now = time.time()
                 if now - last_purge > 3600 and self.store is not None:
                     last_purge = now
@@ -320,6 +374,7 @@ class Edge:
         return {
             "verdicts": dict(guard.stats.verdicts) if guard else {},
             "bans_active": sum(1 for _ in guard.bans.active(now)) if guard else 0,
+            "kernel_drops": self.kernel_drops,
             "registrations": len(self.location),
             "transactions": len(proxy.table) if proxy else 0,
             "connections": transport.open_connections if transport else 0,

@@ -388,6 +388,13 @@ class MetricsSettings(_Section):
     port: Port = 9460
 
 
+class FirewallSettings(_Section):
+    nftables: Literal["auto", "on", "off"] = "auto"
+    table: Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_]{0,31}$")] = "spitguard"
+    nft: str = "nft"
+    flush_interval: Annotated[float, Field(gt=0, le=10)] = 0.2
+
+
 class WebSettings(_Section):
     enabled: bool = True
     host: Host = "127.0.0.1"
@@ -415,6 +422,7 @@ class Settings(BaseSettings):
     keepalive: KeepaliveSettings = Field(default_factory=KeepaliveSettings)
     guard: GuardSettings = Field(default_factory=GuardSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    firewall: FirewallSettings = Field(default_factory=FirewallSettings)
     web: WebSettings = Field(default_factory=WebSettings)
 
     @classmethod

@@ -36,6 +36,7 @@ class EdgeCollector(Collector):
         yield verdicts
         for name, help_text, kind in (
             ("bans_active", "Source addresses banned right now", "gauge"),
+            ("kernel_drops", "Packets from banned sources dropped by nftables", "counter"),
             ("registrations", "Live registered contacts", "gauge"),
             ("transactions", "Live SIP transactions", "gauge"),
             ("connections", "Open TCP/TLS connections", "gauge"),
