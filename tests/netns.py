@@ -51,6 +51,31 @@ def exec_prefix(ns: str) -> list[str]:
     return [IP, "netns", "exec", ns]
 
 
+def enter(ns: str) -> None:
+    """Move the calling thread into namespace `ns` (a fresh thread or process only)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(f"/run/netns/{ns}", os.O_RDONLY)
+    try:
+        if libc.setns(fd, _CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"setns into {ns}: {os.strerror(err)}")
+    finally:
+        os.close(fd)
+
+
+def http_get_in(ns: str, host: str, port: int, path: str) -> bytes:
+    """The body of a plain HTTP/1.1 GET to a server inside `ns`."""
+    s = socket_in(ns, kind=socket.SOCK_STREAM)
+    with s:
+        s.settimeout(5)
+        s.connect((host, port))
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    return data.split(b"\r\n\r\n", 1)[1]
+
+
 def socket_in(
     ns: str, family: int = socket.AF_INET, kind: int = socket.SOCK_DGRAM
 ) -> socket.socket:
@@ -59,14 +84,7 @@ def socket_in(
 
     def enter_and_create() -> None:
         try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            fd = os.open(f"/run/netns/{ns}", os.O_RDONLY)
-            try:
-                if libc.setns(fd, _CLONE_NEWNET) != 0:
-                    err = ctypes.get_errno()
-                    raise OSError(err, f"setns into {ns}: {os.strerror(err)}")
-            finally:
-                os.close(fd)
+            enter(ns)
             result.append(socket.socket(family, kind))
         except BaseException as exc:
             result.append(exc)

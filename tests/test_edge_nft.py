@@ -19,7 +19,7 @@ import pytest
 from corpus import read
 from edge_client import parse_metrics, register, silent, wait_for
 from edge_server import EDGE_HOST, EdgeServer, running_edge
-from netns import NFT, exec_prefix, netns, sh, socket_in
+from netns import NFT, exec_prefix, http_get_in, netns, sh, socket_in
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -74,15 +74,7 @@ def udp_in(ns: str, ip: str) -> socket.socket:
 
 
 def metrics(ns: str) -> dict[str, float]:
-    s = socket_in(ns, kind=socket.SOCK_STREAM)
-    with s:
-        s.settimeout(5)
-        s.connect((EDGE_HOST, METRICS))
-        s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-        data = b""
-        while chunk := s.recv(65536):
-            data += chunk
-    return parse_metrics(data.split(b"\r\n\r\n", 1)[1].decode())
+    return parse_metrics(http_get_in(ns, EDGE_HOST, METRICS, "/metrics").decode())
 
 
 def dropped_in_python(ns: str) -> float:

@@ -331,8 +331,10 @@ class Sipp:
         ooc_scenario: str | Path | None = None,
         name: str | None = None,
         extra_args: Sequence[str] = (),
+        wrap: Sequence[str] = (),
     ) -> None:
         self.scenario = _scenario_path(scenario)
+        self.wrap = tuple(wrap)  # a command prefix, e.g. `ip netns exec NS`
         ooc = ooc_scenario if ooc_scenario is not None else OUT_OF_CALL.get(self.scenario.name)
         self.ooc_scenario = _scenario_path(ooc) if ooc is not None else None
         self.workdir = workdir
@@ -431,7 +433,7 @@ class Sipp:
         for suffix in ("messages.log", "errors.log", "stat.csv", "screen.log"):
             self._file(suffix).unlink(missing_ok=True)
         self._process = BoundedProcess(
-            (binary, *self.argv[1:]),
+            (*self.wrap, binary, *self.argv[1:]),
             cwd=self.workdir,
             stdout=self._file("stdout"),
             stderr=self._file("stderr"),
