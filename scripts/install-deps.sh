@@ -5,7 +5,7 @@ set -euo pipefail
 pkgs=()
 for p in "$@"; do pkgs+=("$p"); done
 if [ ${#pkgs[@]} -eq 0 ]; then
-  pkgs=(sip-tester baresip kamailio sipvicious nftables)
+  pkgs=(sip-tester baresip kamailio sipvicious nftables chromium)
 fi
 missing=()
 for p in "${pkgs[@]}"; do

@@ -42,12 +42,13 @@ def operators_only() -> ApiError:
 
 
 def _wants_html(request: Request) -> bool:
-    return not request.url.path.startswith("/api/") and "HX-Request" not in request.headers
+    return not request.url.path.startswith("/api/")
 
 
 def _render(request: Request, status: int, message: str, headers: dict[str, str]) -> Response:
     if _wants_html(request):
-        from .portal.render import error_page  # the portal renders its own error pages
+        # The portal renders its own error pages (a fragment for htmx).
+        from .portal.render import error_page
 
         return error_page(request, status, message, headers)
     return JSONResponse({"error": message}, status_code=status, headers=headers)

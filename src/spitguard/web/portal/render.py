@@ -32,6 +32,10 @@ def page(request: Request, template: str, status: int = 200, **context: Any) -> 
 def error_page(
     request: Request, status: int, message: str, headers: dict[str, str]
 ) -> HTMLResponse:
+    if "HX-Request" in request.headers:  # an action's answer, shown in place
+        fragment = page(request, "flash.html", status=status, message=message, error=True)
+        fragment.headers.update(headers)
+        return fragment
     if status == 401:
         from .login import login_page  # the login form doubles as the 401 page
 

@@ -13,7 +13,7 @@ from ..actions import resync, resync_targets
 from ..api.params import MAX_ID, Limit, Offset, Search, TenantName, Time
 from ..api.schemas import device_out, event_out, registration_out, trace_text
 from ..auth import Auth, OperatorAuth, Principal, authenticate, ctx_of, tenant_in_scope
-from ..errors import ApiError, not_found
+from ..errors import not_found
 from . import login
 from .render import page
 
@@ -150,10 +150,7 @@ async def resync_action(
     macs = await resync_targets(
         ctx, me, macs=[mac] if mac else [], tenant_id=tenant_id, stale=stale
     )
-    try:
-        outcome = await resync(ctx, macs)
-    except ApiError as exc:
-        return page(request, "flash.html", status=exc.status, message=exc.message, error=True)
+    outcome = await resync(ctx, macs)
     return page(request, "flash.html", message=f"{outcome}: {len(macs)} device(s)", error=False)
 
 
