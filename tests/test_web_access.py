@@ -41,7 +41,7 @@ PORTAL_PAGES = [
     "/events/1",
     "/bans",
 ]
-PORTAL_POSTS = ["/devices/resync", "/bans/unban", "/logout"]
+PORTAL_POSTS = ["/devices/resync", "/bans/unban", "/tenants/acme/web-ui", "/logout"]
 
 
 @pytest.fixture(scope="module")
@@ -226,6 +226,18 @@ def test_tenant_admin_gets_nothing_of_another_tenant_in_the_portal(pe: PortalEdg
         assert (
             a.post("/devices/resync", data={"mac": MISSING_MAC}, headers=headers).status_code == 404
         )
+        same_404(
+            a,
+            "POST",
+            "/tenants/beta/web-ui",
+            "/tenants/nope/web-ui",
+            data={"allowed": "true"},
+            headers=headers,
+        )
+        assert "forbidden" in a.get("/devices").text  # acme's own switch is shown
+        allowed = a.post("/tenants/acme/web-ui", data={"allowed": "true"}, headers=headers)
+        assert allowed.status_code == 200 and "allowed for acme" in allowed.text
+        a.post("/tenants/acme/web-ui", data={"allowed": "false"}, headers=headers)
         for path in ("/events", "/events/1", "/bans"):
             assert a.get(path).status_code == 403, path
         assert (
@@ -256,12 +268,11 @@ def test_state_changing_requests_with_a_session_need_the_csrf_token(pe: PortalEd
                 assert r.status_code == 403, (method, path, r.text)
                 assert "CSRF" in r.json()["error"]
         for path in PORTAL_POSTS:
-            r = s.post(path, data={"source": "127.0.66.200", "mac": ACME_MAC})
+            r = s.post(path, data={"source": "127.0.66.200", "mac": ACME_MAC, "allowed": "true"})
             assert r.status_code == 403, path
         # Nothing changed: the ban is there, the session still works, web UI still off.
         assert "127.0.66.200" in s.get("/bans").text
-        profile = s.get("/api/v1/tenants/acme").status_code
-        assert profile == 200
+        assert "<strong>forbidden</strong>" in s.get("/devices?tenant=acme").text
         # With the token the same requests go through.
         ok = s.delete("/api/v1/bans/127.0.66.200", headers={"X-CSRF-Token": csrf})
         assert ok.status_code == 204, ok.text

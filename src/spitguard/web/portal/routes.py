@@ -124,13 +124,18 @@ async def devices(
     offset: Offset = 0,
 ) -> HTMLResponse:
     tenant_id = await tenant_in_scope(request, me, tenant or None)
-    result = await ctx_of(request).store.views.devices(
+    store = ctx_of(request).store
+    result = await store.views.devices(
         me.scope, tenant_id=tenant_id, q=q, compliant=compliant, limit=limit, offset=offset
     )
+    # The web UI switch is per tenant: shown for the tenant in view.
+    in_view = me.user.tenant if not me.user.is_operator else (tenant or None)
+    profile = None if in_view is None else await store.profiles.get(in_view)
     return page(
         request,
         "devices.html",
         here="devices",
+        profile=profile,
         rows=[device_out(d) for d in result.items],
         pager=_pager(result.total, limit, offset),
         filters={"tenant": tenant or "", "q": q or "", "compliant": compliant},
@@ -211,3 +216,15 @@ async def unban_action(
     if not await ctx_of(request).store.bans.remove_manual(source):
         raise not_found("ban")
     return page(request, "flash.html", message=f"{source} unbanned", error=False)
+
+
+@router.post("/tenants/{name}/web-ui", response_class=HTMLResponse)
+async def web_ui_action(
+    request: Request, me: Auth, name: str, allowed: Annotated[bool, Form()]
+) -> HTMLResponse:
+    await tenant_in_scope(request, me, name[:64])
+    profile = await ctx_of(request).store.profiles.allow_web_ui(name, allowed)
+    state = "allowed" if profile.web_ui else "forbidden"
+    return page(
+        request, "flash.html", message=f"phone web UI {state} for {profile.tenant}", error=False
+    )
