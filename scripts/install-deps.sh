@@ -5,7 +5,7 @@ set -euo pipefail
 pkgs=()
 for p in "$@"; do pkgs+=("$p"); done
 if [ ${#pkgs[@]} -eq 0 ]; then
-  pkgs=(sip-tester baresip kamailio sipvicious nftables iproute2)
+  pkgs=(sip-tester baresip kamailio sipvicious nftables iproute2 chromium)
 fi
 missing=()
 for p in "${pkgs[@]}"; do

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from . import __version__
 from .config import ConfigError, Settings
-from .demo import ensure_demo
+from .demo import ensure_demo, ensure_demo_admin
 from .firewall import NftBans
 from .guard.bans import Ban
 from .guard.build import build_guard
@@ -63,6 +63,7 @@ class Edge:
         self.settings = settings
         self.demo = demo
         self.demo_lines: list[tuple[str, str]] = []
+        self.demo_admin: tuple[str, str] | None = None
         self.store: Store | None = None
         self.directory = Directory()
         self.location = Location()
@@ -92,6 +93,7 @@ class Edge:
         key = load_or_create_key(s)
         if self.demo:
             self.demo_lines = await ensure_demo(self.store)
+            self.demo_admin = await ensure_demo_admin(self.store)
         await self.reload_directory(force=True)
 
         tls_server = None
@@ -597,6 +599,9 @@ def banner(edge: Edge) -> str:
     )
     if edge.web is not None:
         text += f"  portal:    http://{_url_host(s.web.host)}:{edge.web.port}/\n"
+        if edge.demo_admin is not None:
+            user, password = edge.demo_admin
+            text += f"  portal login: {user} / {password}  (demo operator)\n"
     if edge.demo_lines:
         text += "  demo lines (register a softphone through the edge with these):\n"
         text += "".join(f"    {aor}  password {pw}\n" for aor, pw in edge.demo_lines)

@@ -399,6 +399,12 @@ class WebSettings(_Section):
     enabled: bool = True
     host: Host = "127.0.0.1"
     port: Port = 8080
+    # Portal logins: how long a session lasts, and how wrong passwords are slowed down
+    # (per account and source address) before that pair is refused for a while.
+    session_lifetime: float = Field(default=12 * 3600.0, ge=60.0, le=30 * 86400.0)
+    login_free_failures: int = Field(default=3, ge=1, le=100)
+    login_max_failures: int = Field(default=10, ge=2, le=1000)
+    login_lockout: float = Field(default=900.0, ge=1.0, le=86400.0)
 
 
 # --- the settings ---------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from .store.db import Store
 DEMO_TENANT = "demo"
 DEMO_DOMAIN = "demo.spitguard.test"  # .test is reserved (RFC 6761): never a real domain
 DEMO_USERS = ("1001", "1002", "1003")
+DEMO_ADMIN = "admin"
 
 
 async def ensure_demo(store: Store) -> list[tuple[str, str]]:
@@ -25,3 +26,16 @@ async def ensure_demo(store: Store) -> list[tuple[str, str]]:
     return [
         (e.aor, e.password) for e in await store.lines.load_directory() if e.tenant == DEMO_TENANT
     ]
+
+
+async def ensure_demo_admin(store: Store) -> tuple[str, str]:
+    """The demo operator account with a fresh password, (user, password) to print.
+
+    A new password at every demo start: the store keeps only its hash, and the person
+    running the demo needs to read it on their terminal."""
+    password = generate_password()
+    if await store.admins.get(DEMO_ADMIN) is None:
+        await store.admins.add(DEMO_ADMIN, password, role="operator")
+    else:
+        await store.admins.set_password(DEMO_ADMIN, password)
+    return DEMO_ADMIN, password

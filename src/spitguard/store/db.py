@@ -30,6 +30,7 @@ from .crypto import SecretBox, load_or_create_key
 from .errors import AlreadyExistsError, StoreError
 from .models import INVENTORY_REVISION_KEY, Revision
 from .repos import (
+    AdminRepo,
     BanRepo,
     BindingRepo,
     DeviceRepo,
@@ -39,6 +40,7 @@ from .repos import (
     ProfileRepo,
     TenantRepo,
     UploadRepo,
+    ViewRepo,
 )
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
@@ -67,6 +69,8 @@ class Store:
         self.profiles = ProfileRepo(self)
         self.fetches = FetchLogRepo(self)
         self.uploads = UploadRepo(self)
+        self.admins = AdminRepo(self)
+        self.views = ViewRepo(self)
 
     def __repr__(self) -> str:
         url = self.engine.url.render_as_string(hide_password=True)

@@ -344,3 +344,69 @@ class DeviceUpload(Base):
             f"DeviceUpload(id={self.id!r}, device_id={self.device_id!r}, kind={self.kind!r}, "
             f"size={self.size!r})"
         )
+
+
+# --- portal and API: admin users, their sessions and API tokens ----------------------------
+
+
+class AdminUser(Base):
+    """A person who uses the portal or API. `tenant_id` is set exactly for tenant admins."""
+
+    __tablename__ = "admin_users"
+    __table_args__ = (
+        CheckConstraint("role IN ('operator', 'tenant_admin')", name="role_known"),
+        CheckConstraint(
+            "(role = 'operator' AND tenant_id IS NULL) OR "
+            "(role = 'tenant_admin' AND tenant_id IS NOT NULL)",
+            name="tenant_matches_role",
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    username: Mapped[str] = mapped_column(String(64), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(256))  # argon2id, PHC string
+    role: Mapped[str] = mapped_column(String(16))
+    tenant_id: Mapped[int | None] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), index=True
+    )
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+    def __repr__(self) -> str:  # the hash left out on purpose
+        return f"AdminUser(id={self.id!r}, username={self.username!r}, role={self.role!r})"
+
+
+class AdminSession(Base):
+    """A portal login. Only the SHA-256 of the cookie value is kept: a leaked database
+    does not hand out live sessions."""
+
+    __tablename__ = "admin_sessions"
+
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[int] = mapped_column(
+        ForeignKey("admin_users.id", ondelete="CASCADE"), index=True
+    )
+    created_at: Mapped[float] = mapped_column(Float)
+    expires_at: Mapped[float] = mapped_column(Float, index=True)
+
+    def __repr__(self) -> str:
+        return f"AdminSession(user_id={self.user_id!r}, expires_at={self.expires_at!r})"
+
+
+class ApiToken(Base):
+    """A bearer token for scripts, acting as its user; only its SHA-256 is kept."""
+
+    __tablename__ = "api_tokens"
+    __table_args__ = (UniqueConstraint("user_id", "name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(
+        ForeignKey("admin_users.id", ondelete="CASCADE"), index=True
+    )
+    name: Mapped[str] = mapped_column(String(64))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[float] = mapped_column(Float)
+    last_used_at: Mapped[float | None] = mapped_column(Float)
+
+    def __repr__(self) -> str:
+        return f"ApiToken(id={self.id!r}, user_id={self.user_id!r}, name={self.name!r})"

@@ -9,6 +9,7 @@ revision in the same transaction.
 """
 
 from ._sql import normalize_ip
+from .admin import ROLES, TOKEN_PREFIX, AdminInfo, AdminRepo, Role, TokenInfo, new_secret
 from .devices import (
     DEFAULT_CHECKSYNC_VALIDATION,
     DEFAULT_INVITE_VALIDATION,
@@ -63,9 +64,20 @@ from .inventory import (
     normalize_tenant_name,
     parse_aor,
 )
+from .views import (
+    COMPLIANCE_TEXT,
+    Compliance,
+    DeviceStatus,
+    Page,
+    Registration,
+    Scope,
+    ViewRepo,
+    normalize_mac_or_none,
+)
 
 __all__ = [
     "BANS_REVISION_KEY",
+    "COMPLIANCE_TEXT",
     "DEFAULT_CHECKSYNC_VALIDATION",
     "DEFAULT_INVITE_VALIDATION",
     "DEFAULT_VENDOR",
@@ -77,11 +89,16 @@ __all__ = [
     "MAX_SOURCE",
     "MAX_UPLOAD_BODY",
     "MIN_PASSWORD_LENGTH",
+    "ROLES",
+    "TOKEN_PREFIX",
+    "AdminInfo",
+    "AdminRepo",
     "BanInfo",
     "BanLike",
     "BanRepo",
     "BindingRecord",
     "BindingRepo",
+    "Compliance",
     "DeviceImportError",
     "DeviceInfo",
     "DeviceLineInfo",
@@ -89,6 +106,7 @@ __all__ = [
     "DeviceRepo",
     "DeviceRow",
     "DeviceSecrets",
+    "DeviceStatus",
     "DirectoryEntry",
     "EventInfo",
     "EventLike",
@@ -97,19 +115,27 @@ __all__ = [
     "FetchLogRepo",
     "LineInfo",
     "LineRepo",
+    "Page",
     "ParsedAor",
     "ProfileInfo",
     "ProfileRepo",
+    "Registration",
+    "Role",
     "RowProblem",
+    "Scope",
     "TenantInfo",
     "TenantRepo",
+    "TokenInfo",
     "UnknownDeviceError",
     "UploadInfo",
     "UploadRepo",
+    "ViewRepo",
     "WeakeningLike",
     "check_password",
+    "new_secret",
     "normalize_domain",
     "normalize_ip",
+    "normalize_mac_or_none",
     "normalize_tenant_name",
     "parse_aor",
 ]

@@ -1,0 +1,277 @@
+"""Response bodies of the JSON API (what the OpenAPI document describes). Secrets have no
+field here to leak through: line passwords, device passwords, hashes."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+from ...proxy.nat import EVIDENCE_TEXT, EXPOSED, NatInfo
+from ...store.repos import (
+    COMPLIANCE_TEXT,
+    BanInfo,
+    DeviceStatus,
+    EventInfo,
+    FetchInfo,
+    LineInfo,
+    Registration,
+    TenantInfo,
+)
+
+
+class ErrorOut(BaseModel):
+    error: str
+
+
+class PageMeta(BaseModel):
+    total: int
+    limit: int
+    offset: int
+
+
+class TenantOut(BaseModel):
+    name: str
+    domains: list[str]
+    created_at: float
+
+
+class TenantPage(PageMeta):
+    items: list[TenantOut]
+
+
+class LineOut(BaseModel):
+    aor: str
+    tenant: str
+    auth_user: str
+    display_name: str | None
+
+
+class LinePage(PageMeta):
+    items: list[LineOut]
+
+
+class FetchOut(BaseModel):
+    mac: str
+    path: str
+    status: int
+    version: str | None
+    user_agent: str | None
+    firmware: str | None
+    model: str | None
+    source: str
+    at: float
+
+
+class FetchPage(PageMeta):
+    items: list[FetchOut]
+
+
+class DeviceOut(BaseModel):
+    mac: str
+    tenant: str
+    vendor: str
+    model: str | None
+    label: str | None
+    lines: list[str]
+    compliance: str = Field(description="current, changed (since its last fetch) or never")
+    compliance_text: str
+    last_fetch: FetchOut | None
+
+
+class DevicePage(PageMeta):
+    items: list[DeviceOut]
+
+
+class ComplianceOut(BaseModel):
+    current: int
+    changed: int
+    never: int
+
+
+class RegistrationOut(BaseModel):
+    id: int
+    tenant: str
+    aor: str
+    contact: str
+    user_agent: str | None
+    transport: str
+    source: str = Field(description="address and port the phone's REGISTER came from")
+    expires_at: float
+    received_at: float
+    verdict: str = Field(description='"behind NAT", "directly reachable from the Internet" …')
+    exposed: bool
+    evidence: list[str]
+    explanation: list[str]
+
+
+class RegistrationPage(PageMeta):
+    items: list[RegistrationOut]
+
+
+class EventOut(BaseModel):
+    id: int
+    source: str
+    reason: str
+    minute: int
+    count: int
+    first_seen: float
+    last_seen: float
+    action: str
+    transport: str
+    method: str | None
+    user_agent: str | None
+    target: str | None
+    has_trace: bool
+
+
+class EventPage(BaseModel):
+    items: list[EventOut]
+    limit: int
+    offset: int
+    more: bool
+
+
+class TraceOut(BaseModel):
+    event_id: int
+    trace: str = Field(description="the sampled SIP request, redacted by the guard")
+
+
+class CountOut(BaseModel):
+    key: str
+    requests: int
+
+
+class HourOut(BaseModel):
+    hour: float
+    requests: int
+
+
+class AggregatesOut(BaseModel):
+    since: float
+    by_hour: list[HourOut]
+    by_reason: list[CountOut]
+    by_source: list[CountOut]
+
+
+class BanOut(BaseModel):
+    source: str
+    until: float
+    level: int
+    reason: str
+    created_at: float
+    manual: bool
+
+
+class BanList(BaseModel):
+    items: list[BanOut]
+
+
+class ResyncOut(BaseModel):
+    devices: list[str]
+    result: str
+
+
+class WebUiOut(BaseModel):
+    tenant: str
+    web_ui: bool
+
+
+class MeOut(BaseModel):
+    username: str
+    role: str
+    tenant: str | None
+
+
+def tenant_out(t: TenantInfo) -> TenantOut:
+    return TenantOut(name=t.name, domains=list(t.domains), created_at=t.created_at.timestamp())
+
+
+def line_out(line: LineInfo) -> LineOut:
+    return LineOut(
+        aor=line.aor, tenant=line.tenant, auth_user=line.auth_user, display_name=line.display_name
+    )
+
+
+def fetch_out(f: FetchInfo) -> FetchOut:
+    return FetchOut(
+        mac=f.mac,
+        path=f.path,
+        status=f.status,
+        version=f.version,
+        user_agent=f.user_agent,
+        firmware=f.firmware,
+        model=f.model,
+        source=f.source,
+        at=f.at,
+    )
+
+
+def device_out(s: DeviceStatus) -> DeviceOut:
+    d = s.device
+    return DeviceOut(
+        mac=d.mac,
+        tenant=d.tenant,
+        vendor=d.vendor,
+        model=d.model,
+        label=d.label,
+        lines=[line.aor for line in d.lines],
+        compliance=s.compliance,
+        compliance_text=COMPLIANCE_TEXT[s.compliance],
+        last_fetch=None if s.last_fetch is None else fetch_out(s.last_fetch),
+    )
+
+
+def nat_of(r: Registration) -> NatInfo:
+    return NatInfo.from_json(dict(r.binding.nat))
+
+
+def registration_out(r: Registration) -> RegistrationOut:
+    b = r.binding
+    nat = nat_of(r)
+    return RegistrationOut(
+        id=r.id,
+        tenant=r.tenant,
+        aor=b.aor,
+        contact=b.contact,
+        user_agent=b.user_agent,
+        transport=b.transport,
+        source=f"{b.remote_host}:{b.remote_port}",
+        expires_at=b.expires_at,
+        received_at=b.received_at,
+        verdict=nat.verdict,
+        exposed=nat.verdict == EXPOSED,
+        evidence=list(nat.evidence),
+        explanation=[EVIDENCE_TEXT.get(e, e) for e in nat.evidence],
+    )
+
+
+def event_out(e: EventInfo) -> EventOut:
+    return EventOut(
+        id=e.id,
+        source=e.source,
+        reason=e.reason,
+        minute=e.minute,
+        count=e.count,
+        first_seen=e.first_seen,
+        last_seen=e.last_seen,
+        action=e.action,
+        transport=e.transport,
+        method=e.method,
+        user_agent=e.user_agent,
+        target=e.target,
+        has_trace=bool(e.sample),
+    )
+
+
+def trace_text(e: EventInfo) -> str:
+    return e.sample.decode("utf-8", errors="replace")
+
+
+def ban_out(b: BanInfo) -> BanOut:
+    return BanOut(
+        source=b.source,
+        until=b.until,
+        level=b.level,
+        reason=b.reason,
+        created_at=b.created_at,
+        manual=b.manual,
+    )

@@ -1,0 +1,230 @@
+"""Portal pages and their actions. Every page is scoped like the API: a tenant admin sees
+only their tenant, and guard data (blocked traffic, bans) is for operators."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Form, Query, Request
+from fastapi.responses import HTMLResponse
+
+from ...proxy.nat import EXPOSED
+from ..actions import resync, resync_targets
+from ..api.params import MAX_ID, Limit, Offset, Search, TenantName, Time
+from ..api.schemas import device_out, event_out, registration_out, trace_text
+from ..auth import Auth, OperatorAuth, Principal, authenticate, ctx_of, tenant_in_scope
+from ..errors import not_found
+from . import login
+from .render import page
+
+router = APIRouter(include_in_schema=False)
+router.include_router(login.router)
+DAY = 86400.0
+PAGE = 50
+
+
+async def _principal(
+    request: Request, who: Annotated[Principal, Depends(authenticate)]
+) -> Principal:
+    request.state.principal = who  # for the page header
+    return who
+
+
+Me = Annotated[Principal, Depends(_principal)]
+
+
+def _pager(
+    total: int | None, limit: int, offset: int, more: bool | None = None
+) -> dict[str, object]:
+    has_next = more if more is not None else total is not None and offset + limit < total
+    return {
+        "total": total,
+        "limit": limit,
+        "offset": offset,
+        "prev": max(0, offset - limit) if offset > 0 else None,
+        "next": offset + limit if has_next else None,
+    }
+
+
+@router.get("/", response_class=HTMLResponse)
+async def dashboard(request: Request, me: Me) -> HTMLResponse:
+    ctx = ctx_of(request)
+    views = ctx.store.views
+    registered, exposed = await views.registration_counts(me.scope)
+    compliance = await views.compliance_counts(me.scope)
+    guard: dict[str, object] = {}
+    if me.user.is_operator:
+        since = ctx.wall_clock() - DAY
+        by_reason = await ctx.store.events.by_reason(since)
+        by_hour = await ctx.store.events.by_hour(since)
+        guard = {
+            "blocked": sum(n for _, n in by_reason),
+            "by_reason": by_reason,
+            "reason_max": max((n for _, n in by_reason), default=1),
+            "by_hour": by_hour,
+            "hour_max": max((n for _, n in by_hour), default=1),
+            "since": since,
+            "top_sources": await ctx.store.events.by_source(since, 10),
+        }
+    return page(
+        request,
+        "dashboard.html",
+        here="dashboard",
+        registered=registered,
+        exposed=exposed,
+        non_compliant=compliance["changed"] + compliance["never"],
+        devices=sum(compliance.values()),
+        guard=guard,
+    )
+
+
+@router.get("/registrations", response_class=HTMLResponse)
+async def registrations(
+    request: Request,
+    me: Me,
+    tenant: TenantName = None,
+    q: Search = None,
+    exposed: Annotated[bool | None, Query()] = None,
+    limit: Limit = PAGE,
+    offset: Offset = 0,
+) -> HTMLResponse:
+    tenant_id = await tenant_in_scope(request, me, tenant or None)
+    result = await ctx_of(request).store.views.registrations(
+        me.scope, tenant_id=tenant_id, q=q, exposed=exposed, limit=limit, offset=offset
+    )
+    return page(
+        request,
+        "registrations.html",
+        here="registrations",
+        rows=[registration_out(r) for r in result.items],
+        pager=_pager(result.total, limit, offset),
+        filters={"tenant": tenant or "", "q": q or "", "exposed": exposed},
+        exposed_verdict=EXPOSED,
+    )
+
+
+@router.get("/registrations/{registration_id}", response_class=HTMLResponse)
+async def registration(request: Request, me: Me, registration_id: int) -> HTMLResponse:
+    if not 1 <= registration_id <= MAX_ID:
+        raise not_found("registration")
+    found = await ctx_of(request).store.views.registration(me.scope, registration_id)
+    if found is None:
+        raise not_found("registration")
+    return page(request, "registration.html", here="registrations", r=registration_out(found))
+
+
+@router.get("/devices", response_class=HTMLResponse)
+async def devices(
+    request: Request,
+    me: Me,
+    tenant: TenantName = None,
+    q: Search = None,
+    compliant: Annotated[bool | None, Query()] = None,
+    limit: Limit = PAGE,
+    offset: Offset = 0,
+) -> HTMLResponse:
+    tenant_id = await tenant_in_scope(request, me, tenant or None)
+    store = ctx_of(request).store
+    result = await store.views.devices(
+        me.scope, tenant_id=tenant_id, q=q, compliant=compliant, limit=limit, offset=offset
+    )
+    # The web UI switch is per tenant: shown for the tenant in view.
+    in_view = me.user.tenant if not me.user.is_operator else (tenant or None)
+    profile = None if in_view is None else await store.profiles.get(in_view)
+    return page(
+        request,
+        "devices.html",
+        here="devices",
+        profile=profile,
+        rows=[device_out(d) for d in result.items],
+        pager=_pager(result.total, limit, offset),
+        filters={"tenant": tenant or "", "q": q or "", "compliant": compliant},
+    )
+
+
+@router.post("/devices/resync", response_class=HTMLResponse)
+async def resync_action(
+    request: Request,
+    me: Auth,
+    mac: Annotated[str, Form(max_length=32)] = "",
+    tenant: Annotated[str, Form(max_length=64)] = "",
+    stale: Annotated[bool, Form()] = False,
+) -> HTMLResponse:
+    ctx = ctx_of(request)
+    tenant_id = await tenant_in_scope(request, me, tenant or None)
+    macs = await resync_targets(
+        ctx, me, macs=[mac] if mac else [], tenant_id=tenant_id, stale=stale
+    )
+    outcome = await resync(ctx, macs)
+    return page(request, "flash.html", message=f"{outcome}: {len(macs)} device(s)", error=False)
+
+
+@router.get("/events", response_class=HTMLResponse)
+async def events(
+    request: Request,
+    me: Me,
+    _: OperatorAuth,
+    since: Time = None,
+    until: Time = None,
+    reason: Annotated[str | None, Query(max_length=64)] = None,
+    source: Annotated[str | None, Query(max_length=64)] = None,
+    limit: Limit = PAGE,
+    offset: Offset = 0,
+) -> HTMLResponse:
+    rows = await ctx_of(request).store.events.query(
+        since=since,
+        until=until,
+        reason=reason or None,
+        source=source or None,
+        limit=limit + 1,
+        offset=offset,
+    )
+    return page(
+        request,
+        "events.html",
+        here="events",
+        rows=[event_out(e) for e in rows[:limit]],
+        pager=_pager(None, limit, offset, more=len(rows) > limit),
+        filters={"reason": reason or "", "source": source or ""},
+    )
+
+
+@router.get("/events/{event_id}", response_class=HTMLResponse)
+async def event(request: Request, me: Me, _: OperatorAuth, event_id: int) -> HTMLResponse:
+    found = await ctx_of(request).store.events.get(event_id) if 1 <= event_id <= MAX_ID else None
+    if found is None:
+        raise not_found("event")
+    return page(request, "event.html", here="events", e=event_out(found), trace=trace_text(found))
+
+
+@router.get("/bans", response_class=HTMLResponse)
+async def bans(request: Request, me: Me, _: OperatorAuth) -> HTMLResponse:
+    ctx = ctx_of(request)
+    return page(
+        request,
+        "bans.html",
+        here="bans",
+        rows=await ctx.store.bans.list(ctx.wall_clock()),
+        now=ctx.wall_clock(),
+    )
+
+
+@router.post("/bans/unban", response_class=HTMLResponse)
+async def unban_action(
+    request: Request, me: OperatorAuth, source: Annotated[str, Form(max_length=64)]
+) -> HTMLResponse:
+    if not await ctx_of(request).store.bans.remove_manual(source):
+        raise not_found("ban")
+    return page(request, "flash.html", message=f"{source} unbanned", error=False)
+
+
+@router.post("/tenants/{name}/web-ui", response_class=HTMLResponse)
+async def web_ui_action(
+    request: Request, me: Auth, name: str, allowed: Annotated[bool, Form()]
+) -> HTMLResponse:
+    await tenant_in_scope(request, me, name[:64])
+    profile = await ctx_of(request).store.profiles.allow_web_ui(name, allowed)
+    state = "allowed" if profile.web_ui else "forbidden"
+    return page(
+        request, "flash.html", message=f"phone web UI {state} for {profile.tenant}", error=False
+    )
