@@ -198,7 +198,7 @@ def test_upgrade_from_0002_keeps_data_and_adds_device_tables(settings: Settings)
             MigrationContext.configure(conn), Base.metadata
         )
 
-    assert asyncio.run(on_connection(settings, check)) == ("0003", [])
+    assert asyncio.run(on_connection(settings, check)) == ("0004", [])
 
 
 def test_downgrade_to_0002_and_upgrade_again(settings: Settings) -> None:

@@ -259,6 +259,16 @@ class PolycomDriver(VendorDriver):
         # Never serve one phone's file under another phone's name: the caller gets a 404.
         return None
 
+    def render_public(self, path: str) -> RenderedFile | None:
+        name = _basename(path)
+        if name.lower() == GENERIC_MASTER:
+            return self._master(GENERIC_MASTER, "spitguard-[PHONE_MAC_ADDRESS].cfg")
+        master = _MAC_CFG.match(name)
+        if master is None:
+            return None
+        mac = master.group(1).lower()
+        return self._master(f"{mac}.cfg", f"spitguard-{mac}.cfg")
+
     def _master(self, name: str, config_files: str) -> RenderedFile:
         text = (
             _environment()

@@ -37,6 +37,7 @@ from .repos import (
     FetchLogRepo,
     LineRepo,
     ProfileRepo,
+    ResyncRepo,
     TenantRepo,
     UploadRepo,
 )
@@ -67,6 +68,7 @@ class Store:
         self.profiles = ProfileRepo(self)
         self.fetches = FetchLogRepo(self)
         self.uploads = UploadRepo(self)
+        self.resyncs = ResyncRepo(self)
 
     def __repr__(self) -> str:
         url = self.engine.url.render_as_string(hide_password=True)

@@ -7,11 +7,16 @@ interfaces rather than on `app.py` (dependencies point inward, ARCHITECTURE.md).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from ..config import Settings
+from ..provision.runtime import ProvisionServer
 from ..store import Store
+
+ResyncFn = Callable[[Sequence[str]], Awaitable[dict[str, str]]]
+"""MACs in, outcome per MAC out (see `Edge.resync`: "ok", "ok-challenged", "not-registered",
+"timeout", "rejected:<code>", "unknown-device")."""
 
 
 @dataclass(slots=True)
@@ -19,3 +24,7 @@ class WebContext:
     settings: Settings
     store: Store
     wall_clock: Callable[[], float] = field(default=time.time)
+    # The boot server under /provision/ (None: not served, every request gets 404).
+    provision: ProvisionServer | None = None
+    # Push a check-sync NOTIFY to registered phones now (the running edge does it).
+    resync: ResyncFn | None = None

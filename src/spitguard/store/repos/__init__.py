@@ -32,6 +32,7 @@ from .fetches import (
     MAX_UPLOAD_BODY,
     FetchInfo,
     FetchLogRepo,
+    FetchRecord,
     UploadInfo,
     UploadRepo,
     WeakeningLike,
@@ -63,6 +64,7 @@ from .inventory import (
     normalize_tenant_name,
     parse_aor,
 )
+from .resync import ResyncInfo, ResyncRepo
 
 __all__ = [
     "BANS_REVISION_KEY",
@@ -95,11 +97,14 @@ __all__ = [
     "EventRepo",
     "FetchInfo",
     "FetchLogRepo",
+    "FetchRecord",
     "LineInfo",
     "LineRepo",
     "ParsedAor",
     "ProfileInfo",
     "ProfileRepo",
+    "ResyncInfo",
+    "ResyncRepo",
     "RowProblem",
     "TenantInfo",
     "TenantRepo",

@@ -630,6 +630,38 @@ class DeviceRepo:
             ),
         )
 
+    async def all_credentials(self) -> dict[str, DeviceSecrets]:
+        """Every device's secrets by MAC, in two queries (the boot server's snapshot)."""
+        async with self._store.read() as session:
+            devices = list(await session.scalars(select(Device).order_by(Device.mac)))
+            result = await session.execute(
+                select(DeviceLine.device_id, DeviceLine.line_key, Line).join(
+                    Line, DeviceLine.line_id == Line.id
+                )
+            )
+            lines: dict[int, builtins.list[tuple[int, Line]]] = {}
+            for device_id, line_key, line in result:
+                lines.setdefault(device_id, []).append((line_key, line))
+        box = self._store.box
+        return {
+            device.mac: DeviceSecrets(
+                mac=device.mac,
+                admin_password=box.decrypt(device.admin_password_enc),
+                provisioning_password=box.decrypt(device.prov_password_enc),
+                lines=tuple(
+                    DeviceLineSecret(
+                        key=line_key,
+                        aor=line.aor,
+                        auth_user=line.auth_user,
+                        display_name=line.display_name,
+                        password=box.decrypt(line.password_enc),
+                    )
+                    for line_key, line in sorted(lines.get(device.id, ()), key=lambda p: p[0])
+                ),
+            )
+            for device in devices
+        }
+
     async def set_lines(self, mac: str, lines: Sequence[tuple[int, str]]) -> DeviceInfo:
         """Replace the device's lines; each must be a line of the device's tenant."""
         key = _normalize_device_mac(mac)
