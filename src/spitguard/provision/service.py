@@ -191,12 +191,14 @@ class ProvisionService:
         if req.method != "PUT":
             public = driver.render_public(name)
             if public is not None:
-                return self._serve(public.body, public.content_type, public.version, req, ua)
+                return self._serve(public.body, public.content_type, public.version, req, ua, mac)
             if driver.is_firmware_or_license(name):
                 return Decision(404, log=LogEntry(mac or "-", name, 404, None, model, firmware))
         if mac is None:
             return Decision(404, log=LogEntry("-", name, 404, None, model, firmware))
-        denied = self._authenticate(req, mac, entry, now)
+        denied = self._authenticate(
+            req, mac, entry, now, LogEntry(mac, name, 401, None, model, firmware)
+        )
         if denied is not None:
             return denied
         assert entry is not None  # _authenticate only admits known devices
@@ -268,13 +270,17 @@ class ProvisionService:
         return Decision(401, headers=headers)
 
     def _authenticate(
-        self, req: ProvisionRequest, mac: str, entry: CatalogEntry | None, now: float
+        self,
+        req: ProvisionRequest,
+        mac: str,
+        entry: CatalogEntry | None,
+        now: float,
+        log: LogEntry,
     ) -> Decision | None:
         """None when the request proves it is ``mac``'s; otherwise the 401 to send (the
         same whether the MAC is unknown, the password wrong or the credentials another
         device's)."""
         challenge = self._challenge(now, req.source)
-        log = LogEntry(mac, req.name, 401)
         if req.authorization is None:
             return _with_log(challenge, log)
         try:
