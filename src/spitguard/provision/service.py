@@ -39,6 +39,7 @@ __all__ = [
 ]
 
 _RATE_GROUP: Final = "provision"
+MAX_AGENTS: Final = 4096  # distinct User-Agents remembered (scanners vary theirs)
 _FILE_NAME = re.compile(r"^[A-Za-z0-9._\-\[\]]{1,128}$")
 _MODEL_FOLD = re.compile(r"[\s_\-]")
 
@@ -165,6 +166,7 @@ class ProvisionService:
         )
         budget = Budget(p.rate_limit, p.rate_window)
         self.rates = RateLimiter({_RATE_GROUP: GroupBudgets(budget, budget, budget)})
+        self._agents: dict[str, tuple[VendorDriver, UAInfo | None]] = {}
 
     # --- the checks, in order ----------------------------------------------------------
     def check(self, req: ProvisionRequest, now: float) -> Decision | Admitted:
@@ -181,8 +183,7 @@ class ProvisionService:
         name = req.name
         if not _FILE_NAME.match(name) or name.startswith("."):
             return Decision(404, log=LogEntry("-", name[:512], 404))
-        driver = self._driver(req.user_agent)
-        ua = driver.matches_user_agent(req.user_agent or "")
+        driver, ua = self._identify(req.user_agent or "")
         model, firmware = (ua.model, ua.firmware) if ua else (None, None)
         mac = driver.mac_in_path(name)
         entry = None if mac is None else self._catalog().get(mac)
@@ -238,12 +239,21 @@ class ProvisionService:
         return Decision(204, log=LogEntry(mac, name, 204, None, model, firmware, note)), finding
 
     # --- pieces ------------------------------------------------------------------------
-    def _driver(self, user_agent: str | None) -> VendorDriver:
-        if user_agent:
+    def _identify(self, user_agent: str) -> tuple[VendorDriver, UAInfo | None]:
+        """The driver whose User-Agent this is (the first driver otherwise) and what the
+        agent says. Cached: a fleet sends a handful of distinct agents."""
+        known = self._agents.get(user_agent)
+        if known is None:
+            known = (self.drivers[0], None)
             for driver in self.drivers:
-                if driver.matches_user_agent(user_agent) is not None:
-                    return driver
-        return self.drivers[0]
+                ua = driver.matches_user_agent(user_agent) if user_agent else None
+                if ua is not None:
+                    known = (driver, ua)
+                    break
+            if len(self._agents) >= MAX_AGENTS:
+                self._agents.clear()
+            self._agents[user_agent] = known
+        return known
 
     def _unknown_mac(self, req: ProvisionRequest, mac: str, now: float) -> bool:
         """Count an unknown MAC; True when the source has just been banned for the sweep."""
@@ -280,9 +290,8 @@ class ProvisionService:
         """None when the request proves it is ``mac``'s; otherwise the 401 to send (the
         same whether the MAC is unknown, the password wrong or the credentials another
         device's)."""
-        challenge = self._challenge(now, req.source)
         if req.authorization is None:
-            return _with_log(challenge, log)
+            return _with_log(self._challenge(now, req.source), log)
         try:
             creds: AuthCredentials | None = parse_credentials(req.authorization)
         except SipParseError:
@@ -308,7 +317,7 @@ class ProvisionService:
             self._ban(req, "provision:auth", now, mac)
             return NOT_FOUND
         self._event(req, "provision:auth_failed", now, "reject")
-        return _with_log(challenge, log)
+        return _with_log(self._challenge(now, req.source), log)
 
     def _serve(
         self,
