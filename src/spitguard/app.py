@@ -85,6 +85,7 @@ class Edge:
         self.metrics_server: asyncio.Server | None = None
         self.web: WebServer | None = None
         self.provision: ProvisionServer | None = None
+        self._resyncs: set[asyncio.Task[None]] = set()
 
     # --- lifecycle ----------------------------------------------------------------------
     async def start(self) -> None:
@@ -211,8 +212,9 @@ class Edge:
             await self.provision.stop()
         if self.metrics_server is not None:
             self.metrics_server.close()
-        for task in self._tasks:
+        for task in [*self._tasks, *self._resyncs]:
             task.cancel()
+        await asyncio.gather(*self._resyncs, return_exceptions=True)
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
@@ -315,7 +317,10 @@ class Edge:
                 log.exception("reading queued re-syncs failed; will retry")
                 continue
             if queued:
-                self._spawn(self._carry_out(queued))
+                # Its own task: a phone that never answers must not hold up the next ones.
+                task = asyncio.get_running_loop().create_task(self._carry_out(queued))
+                self._resyncs.add(task)
+                task.add_done_callback(self._resyncs.discard)
 
     async def _carry_out(self, queued: Sequence[ResyncInfo]) -> None:
         store = self.store

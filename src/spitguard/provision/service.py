@@ -22,7 +22,7 @@ from typing import Final, Literal, Protocol
 
 from ..guard.enumeration import EnumerationDetector, EnumerationPolicy
 from ..guard.ratelimit import OTHER, Budget, GroupBudgets, RateLimiter
-from ..sip.auth import AuthCredentials, format_challenge, parse_credentials
+from ..sip.auth import AuthChallenge, AuthCredentials, format_challenge, parse_credentials
 from ..sip.digest import DigestResult, DigestServer
 from ..sip.errors import SipParseError
 from .catalog import Catalog, CatalogEntry
@@ -39,6 +39,7 @@ __all__ = [
 ]
 
 _RATE_GROUP: Final = "provision"
+_NONCE_SLOT: Final = "NONCE-SLOT"
 MAX_AGENTS: Final = 4096  # distinct User-Agents remembered (scanners vary theirs)
 _FILE_NAME = re.compile(r"^[A-Za-z0-9._\-\[\]]{1,128}$")
 _MODEL_FOLD = re.compile(r"[\s_\-]")
@@ -167,6 +168,13 @@ class ProvisionService:
         budget = Budget(p.rate_limit, p.rate_window)
         self.rates = RateLimiter({_RATE_GROUP: GroupBudgets(budget, budget, budget)})
         self._agents: dict[str, tuple[VendorDriver, UAInfo | None]] = {}
+        self._templates = {
+            stale: tuple(
+                format_challenge(AuthChallenge(c.scheme, {**c.params, "nonce": _NONCE_SLOT}))
+                for c in self.digest.challenge(0.0, stale=stale)
+            )
+            for stale in (False, True)
+        }
 
     # --- the checks, in order ----------------------------------------------------------
     def check(self, req: ProvisionRequest, now: float) -> Decision | Admitted:
@@ -275,8 +283,11 @@ class ProvisionService:
         )
 
     def _challenge(self, now: float, source: str, *, stale: bool = False) -> Decision:
-        challenges = self.digest.challenge(now, stale=stale, binding=source)
-        headers = tuple(("WWW-Authenticate", format_challenge(c)) for c in challenges)
+        # Formatted once with a placeholder nonce, then only the nonce is put in: every
+        # phone's boot passes through here, and nonces are base64url (safe when quoted).
+        templates = self._templates[stale]
+        nonce = self.digest.make_nonce(now, binding=source)
+        headers = tuple(("WWW-Authenticate", t.replace(_NONCE_SLOT, nonce)) for t in templates)
         return Decision(401, headers=headers)
 
     def _authenticate(

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Protocol
 from sqlalchemy import (
     delete,
     func,
+    insert,
     or_,
     select,
 )
@@ -180,21 +181,26 @@ class FetchLogRepo:
                     select(Device.mac, Device.id).where(Device.mac.in_(valid[start : start + 500]))
                 )
                 ids.update({str(m): int(i) for m, i in result.tuples()})
-            session.add_all(
-                FetchLogRow(
-                    device_id=ids.get(keys[r.mac][0]),
-                    mac_requested=keys[r.mac][0],
-                    path=r.path[:512],
-                    status=int(r.status),
-                    version=_clip(r.version, 64),
-                    user_agent=_clip(r.user_agent, 256),
-                    firmware=_clip(r.firmware, 64),
-                    model=_clip(r.model, 64),
-                    source=r.source[:MAX_SOURCE],
-                    at=float(r.at),
-                    note=_clip(r.note, 200),
-                )
-                for r in batch
+            # Core executemany, not ORM objects: a fleet re-provisioning writes tens of
+            # thousands of rows, and the unit of work would cost more than the requests.
+            await session.execute(
+                insert(FetchLogRow),
+                [
+                    {
+                        "device_id": ids.get(keys[r.mac][0]),
+                        "mac_requested": keys[r.mac][0],
+                        "path": r.path[:512],
+                        "status": int(r.status),
+                        "version": _clip(r.version, 64),
+                        "user_agent": _clip(r.user_agent, 256),
+                        "firmware": _clip(r.firmware, 64),
+                        "model": _clip(r.model, 64),
+                        "source": r.source[:MAX_SOURCE],
+                        "at": float(r.at),
+                        "note": _clip(r.note, 200),
+                    }
+                    for r in batch
+                ],
             )
         return len(batch)
 
