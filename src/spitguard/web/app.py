@@ -6,7 +6,7 @@ from fastapi import FastAPI
 
 from .. import __version__
 from .context import WebContext
-from .provision import router as provision_router
+from .provision import ProvisionMiddleware
 
 
 def create_app(ctx: WebContext) -> FastAPI:
@@ -18,7 +18,7 @@ def create_app(ctx: WebContext) -> FastAPI:
         redoc_url=None,
     )
     app.state.ctx = ctx
-    app.include_router(provision_router)
+    app.add_middleware(ProvisionMiddleware, server=ctx.provision)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:
