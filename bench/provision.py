@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import hashlib
 import multiprocessing
 import os
@@ -61,8 +62,15 @@ def serve(config: str, static_dir: str) -> None:
         print(banner(edge), flush=True)
 
     # As `spitguard serve` runs it: uvloop, signals handled by the edge.
+    profile = os.environ.get("BENCH_PROVISION_PROFILE")  # a path: cProfile stats of the server
+    profiler = cProfile.Profile() if profile else None
+    if profiler is not None:
+        profiler.enable()
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(run(load_settings(Path(config)), ready=ready))
+    if profiler is not None and profile:
+        profiler.disable()
+        profiler.dump_stats(profile)
 
 
 async def populate(config: Path, phones: int) -> dict[str, str]:

@@ -102,10 +102,14 @@ class ProvisionServer:
     async def refresh(self, *, force: bool = False) -> bool:
         """Reload when the inventory revision moved (checked at most every
         ``reload_interval`` unless forced); True when a new catalog is in place."""
-        now = time.monotonic()
-        if not force and now - self._checked_at < self.settings.reload_interval:
+        interval = self.settings.reload_interval
+        if not force and time.monotonic() - self._checked_at < interval:
             return False
         async with self._reload_lock:
+            # Checked again: requests that queued on the lock behind a check must not
+            # each run one more.
+            if not force and time.monotonic() - self._checked_at < interval:
+                return False
             self._checked_at = time.monotonic()
             revision = await self.store.get_revision()
             if revision == self._catalog.revision:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import builtins
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, cast
 
 from sqlalchemy import (
+    Table,
     delete,
     func,
     insert,
@@ -181,10 +182,11 @@ class FetchLogRepo:
                     select(Device.mac, Device.id).where(Device.mac.in_(valid[start : start + 500]))
                 )
                 ids.update({str(m): int(i) for m, i in result.tuples()})
-            # Core executemany, not ORM objects: a fleet re-provisioning writes tens of
-            # thousands of rows, and the unit of work would cost more than the requests.
-            await session.execute(
-                insert(FetchLogRow),
+            # Core executemany on the connection, not ORM objects (nor the ORM's bulk path):
+            # a fleet re-provisioning writes tens of thousands of rows.
+            connection = await session.connection()
+            await connection.execute(
+                insert(cast(Table, FetchLogRow.__table__)),
                 [
                     {
                         "device_id": ids.get(keys[r.mac][0]),

@@ -55,6 +55,13 @@ class ResyncRepo:
 
     async def take_queued(self, limit: int = 1000) -> builtins.list[ResyncInfo]:
         """The queued requests, oldest first, now marked `sent` (so no poll takes them twice)."""
+        # Polled every second: look first without taking the write lock.
+        async with self._store.read() as session:
+            waiting = await session.scalar(
+                select(ResyncRequest.id).where(ResyncRequest.state == QUEUED).limit(1)
+            )
+        if waiting is None:
+            return []
         async with self._store.write() as session:
             rows = list(
                 await session.scalars(
