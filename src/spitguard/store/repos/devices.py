@@ -631,35 +631,48 @@ class DeviceRepo:
         )
 
     async def all_credentials(self) -> dict[str, DeviceSecrets]:
-        """Every device's secrets by MAC, in two queries (the boot server's snapshot)."""
+        """Every device's secrets by MAC, in two queries (the boot server's snapshot).
+        Columns, not ORM objects: this runs over the whole fleet on every reload."""
         async with self._store.read() as session:
-            devices = list(await session.scalars(select(Device).order_by(Device.mac)))
-            result = await session.execute(
-                select(DeviceLine.device_id, DeviceLine.line_key, Line).join(
-                    Line, DeviceLine.line_id == Line.id
-                )
-            )
-            lines: dict[int, builtins.list[tuple[int, Line]]] = {}
-            for device_id, line_key, line in result:
-                lines.setdefault(device_id, []).append((line_key, line))
-        box = self._store.box
-        return {
-            device.mac: DeviceSecrets(
-                mac=device.mac,
-                admin_password=box.decrypt(device.admin_password_enc),
-                provisioning_password=box.decrypt(device.prov_password_enc),
-                lines=tuple(
-                    DeviceLineSecret(
-                        key=line_key,
-                        aor=line.aor,
-                        auth_user=line.auth_user,
-                        display_name=line.display_name,
-                        password=box.decrypt(line.password_enc),
+            devices = (
+                await session.execute(
+                    select(
+                        Device.id, Device.mac, Device.admin_password_enc, Device.prov_password_enc
                     )
-                    for line_key, line in sorted(lines.get(device.id, ()), key=lambda p: p[0])
-                ),
+                )
+            ).all()
+            result = await session.execute(
+                select(
+                    DeviceLine.device_id,
+                    DeviceLine.line_key,
+                    Line.aor,
+                    Line.auth_user,
+                    Line.display_name,
+                    Line.password_enc,
+                )
+                .join(Line, DeviceLine.line_id == Line.id)
+                .order_by(DeviceLine.device_id, DeviceLine.line_key)
             )
-            for device in devices
+            box = self._store.box
+            lines: dict[int, builtins.list[DeviceLineSecret]] = {}
+            for device_id, key, aor, auth_user, display_name, password_enc in result:
+                lines.setdefault(device_id, []).append(
+                    DeviceLineSecret(
+                        key=key,
+                        aor=aor,
+                        auth_user=auth_user,
+                        display_name=display_name,
+                        password=box.decrypt(password_enc),
+                    )
+                )
+        return {
+            mac: DeviceSecrets(
+                mac=mac,
+                admin_password=box.decrypt(admin_enc),
+                provisioning_password=box.decrypt(prov_enc),
+                lines=tuple(lines.get(device_id, ())),
+            )
+            for device_id, mac, admin_enc, prov_enc in devices
         }
 
     async def set_lines(self, mac: str, lines: Sequence[tuple[int, str]]) -> DeviceInfo:
