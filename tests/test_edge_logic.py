@@ -1196,7 +1196,7 @@ class TestCheckSync:
         assert server.verify(creds, method="NOTIFY", ha1=lookup, now=1.0) is DigestResult.OK
         assert outcomes == []
         edge.receive(p5, answer(authorized, 200, tag="ph"))
-        assert outcomes == ["ok"]
+        assert outcomes == ["ok-challenged"]
 
     def test_refusal_and_silence_are_reported(self, edge: Edge) -> None:
         register_alice(edge, 5)

@@ -1,9 +1,10 @@
 """The reference Polycom (`spitguard.phone`) checks rendered configurations by behaviour.
 
-A small boot server in the test serves what `PolycomDriver` renders (digest required for
-the sensitive `spitguard-<mac>.cfg`); the phone boots from it, and then:
-- through the real edge (`running_edge`), registers and takes a call from the upstream
-  trunk (SIPp), and re-registers when the injected clock reaches the refresh time;
+Through the real edge (`running_edge`), the phone boots from the real boot server under
+/provision/, registers, takes a call from the upstream trunk (SIPp), refuses a scanner's
+direct INVITE, and re-registers when the injected clock reaches the refresh time.
+A small boot server in the test serves what `PolycomDriver` renders, or a hand-edited
+file the driver refuses to render (validation Null); the phone boots from it, and then:
 - refuses a scanner's direct INVITE with 400 under `source`, rings for it with
   validation Null (a hand-edited file: the driver cannot render Null), challenges it
   with 401 under `digest`;
@@ -19,6 +20,7 @@ import asyncio
 import base64
 import contextlib
 import hashlib
+import json
 import secrets
 import time
 from collections.abc import Callable, Coroutine, Iterator
@@ -624,45 +626,59 @@ def test_phone_registers_at_the_edge_takes_the_trunks_call_and_refuses_a_scanner
     edge, _ = edge_and_upstream
     clock = ManualClock()
 
+    # The real boot server of the running `spitguard serve` (digest user = the MAC).
+    r = edge.cli("device", "add", MAC, "--tenant", "acme", "--line", f"1=alice@{DOMAIN}")
+    assert r.returncode == 0, r.stderr
+    shown = edge.cli("device", "show", MAC, "--secrets", "--json")
+    password = json.loads(shown.stdout)["provisioning_password"]
+    portal = next(ln for ln in edge.banner.splitlines() if "portal:" in ln)
+    url = portal.split("portal:", 1)[1].strip().rstrip("/") + "/provision"
+
     async def scenario() -> None:
-        async with BootServer(device(edge_port=edge.udp_port)) as server:
-            phone = new_phone(server, 157, clock=clock)
-            async with phone, peer_at(scanner_ip(11)) as scanner:
-                await phone.boot()
-                reg = await phone.wait_registered(timeout=10)
-                assert reg.target == ("127.0.0.1", edge.udp_port)
-                assert reg.last_status == 200 and reg.expires == 3600
+        phone = ReferencePhone(
+            MAC,
+            ip=phone_ip(157),
+            provisioning_url=url,
+            prov_user=MAC,
+            prov_password=password,
+            clock=clock,
+        )
+        async with phone, peer_at(scanner_ip(11)) as scanner:
+            await phone.boot()
+            reg = await phone.wait_registered(timeout=10)
+            assert reg.target == ("127.0.0.1", edge.udp_port)
+            assert reg.last_status == 200 and reg.expires == 3600
 
-                trunk = Sipp(
-                    "upstream_call.xml",
-                    workdir=tmp_path / "sipp",
-                    local_ip=UPSTREAM_IP,
-                    remote=edge.addr,
-                    user=TRUNK_NUMBER,
-                    service="alice",
-                    call_duration_ms=100,
-                    keys={"domain": DOMAIN},
-                    timeout=10.0,
-                )
-                result = await asyncio.to_thread(trunk.run)
-                result.assert_ok()
-                await phone.wait_for(lambda: phone.calls and phone.calls[0].ended, 5, "BYE")
-                (call,) = phone.calls
-                assert call.source[0] == "127.0.0.1"  # through the edge, the only origin
-                assert call.caller.startswith(f"sip:{TRUNK_NUMBER}@")
-                assert call.line == 1 and call.established and call.end_reason == "BYE"
+            trunk = Sipp(
+                "upstream_call.xml",
+                workdir=tmp_path / "sipp",
+                local_ip=UPSTREAM_IP,
+                remote=edge.addr,
+                user=TRUNK_NUMBER,
+                service="alice",
+                call_duration_ms=100,
+                keys={"domain": DOMAIN},
+                timeout=10.0,
+            )
+            result = await asyncio.to_thread(trunk.run)
+            result.assert_ok()
+            await phone.wait_for(lambda: phone.calls and phone.calls[0].ended, 5, "BYE")
+            (call,) = phone.calls
+            assert call.source[0] == "127.0.0.1"  # through the edge, the only origin
+            assert call.caller.startswith(f"sip:{TRUNK_NUMBER}@")
+            assert call.line == 1 and call.established and call.end_reason == "BYE"
 
-                # The same phone, dialled directly by a scanner: 400, no call.
-                assert (await dial(scanner, phone)).status == 400
-                assert len(phone.calls) == 1
+            # The same phone, dialled directly by a scanner: 400, no call.
+            assert (await dial(scanner, phone)).status == 400
+            assert len(phone.calls) == 1
 
-                # The refresh is due expires.overlap (60 s) before expiry, on the clock.
-                await phone.wait_for(lambda: clock.sleepers > 0, 5, "the refresh timer")
-                assert reg.refresh_at == pytest.approx(clock.now() + 3600 - 60)
-                clock.advance(3600 - 60)
-                await phone.wait_for(lambda: reg.successes == 2, 10, "the re-REGISTER")
-                assert reg.state == "registered" and reg.cseq >= 4
+            # The refresh is due expires.overlap (60 s) before expiry, on the clock.
+            await phone.wait_for(lambda: clock.sleepers > 0, 5, "the refresh timer")
+            assert reg.refresh_at == pytest.approx(clock.now() + 3600 - 60)
+            clock.advance(3600 - 60)
+            await phone.wait_for(lambda: reg.successes == 2, 10, "the re-REGISTER")
+            assert reg.state == "registered" and reg.cseq >= 4
 
-            assert phone.registrations[1].state == "unregistered"  # stop() unregistered
+        assert phone.registrations[1].state == "unregistered"  # stop() unregistered
 
     run(scenario(), timeout=90)

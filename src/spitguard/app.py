@@ -9,7 +9,7 @@ import hashlib
 import logging
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from . import __version__
@@ -21,6 +21,9 @@ from .guard.build import build_guard
 from .guard.core import REJECT, Guard
 from .guard.trusted import TrustedSources
 from .metrics import serve_metrics
+from .provision.inventory import edge_from_settings
+from .provision.runtime import ProvisionServer
+from .provision.service import Action
 from .proxy.auth import Authenticator
 from .proxy.core import Proxy, ProxyConfig, response_tag
 from .proxy.directory import Directory
@@ -32,7 +35,7 @@ from .sip.message import Limits, Request, Response, make_response, parse
 from .sip.uri import SipUri, parse_uri
 from .store.crypto import load_or_create_key
 from .store.db import Store, open_store
-from .store.repos import BindingRecord
+from .store.repos import BindingRecord, ResyncInfo
 from .transport.flow import Flow, FlowTokens, Target
 from .transport.layer import TransportLayer
 from .transport.tls import client_context, ensure_self_signed, server_context
@@ -85,6 +88,8 @@ class Edge:
         self.web: WebServer | None = None
         self.nft: NftBans | None = None
         self.kernel_drops = 0
+        self.provision: ProvisionServer | None = None
+        self._resyncs: set[asyncio.Task[None]] = set()
 
     # --- lifecycle ----------------------------------------------------------------------
     async def start(self) -> None:
@@ -186,22 +191,36 @@ class Edge:
             self.metrics_server = await serve_metrics(
                 s.metrics.host, s.metrics.port, self.metrics_snapshot
             )
+        self.provision = ProvisionServer(
+            self.store,
+            edge_from_settings(s),
+            _GuardHooks(self),
+            secret=derive_secret(key, "provision-digest"),
+            settings=s.provision,
+        )
+        await self.provision.start()
+        self._spawn(self._resync_loop())
         if s.web.enabled:
             self.web = WebServer(create_app(self.web_context()), s.web.host, s.web.port)
             await self.web.start()
 
     def web_context(self) -> WebContext:
         assert self.store is not None
-        return WebContext(settings=self.settings, store=self.store)
+        return WebContext(
+            settings=self.settings, store=self.store, provision=self.provision, resync=self.resync
+        )
 
     async def stop(self) -> None:
         self._stopping.set()
         if self.web is not None:
             await self.web.stop()
+        if self.provision is not None:
+            await self.provision.stop()
         if self.metrics_server is not None:
             self.metrics_server.close()
-        for task in self._tasks:
+        for task in [*self._tasks, *self._resyncs]:
             task.cancel()
+        await asyncio.gather(*self._resyncs, return_exceptions=True)
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
@@ -253,6 +272,74 @@ class Edge:
     def _auth_result(self, flow: Flow, ok: bool) -> None:
         if self.guard is not None:
             self.guard.note_auth(flow, ok, time.time())
+
+    # --- push re-sync -----------------------------------------------------------------------
+    async def resync(self, macs: Sequence[str]) -> dict[str, str]:
+        """Send check-sync to each device's registered phone through its own flow; the
+        outcome per MAC: "ok", "ok-challenged", "rejected:<code>", "timeout",
+        "not-registered", "unknown-device" (or "no-credentials", "busy")."""
+        proxy, provision = self.proxy, self.provision
+        assert proxy is not None and provision is not None
+        # The phone fetches at once: the boot server must already serve what it should get.
+        await provision.refresh(force=True)
+        loop = asyncio.get_running_loop()
+        now = time.time()
+        outcomes: dict[str, str] = {}
+        waiting: dict[str, asyncio.Future[str]] = {}
+        for mac in dict.fromkeys(macs):
+            entry = provision.catalog.get(mac)
+            if entry is None:
+                outcomes[mac] = "unknown-device"
+                continue
+            binding = next(
+                (b for line in entry.device.lines for b in self.location.lookup(line.aor, now)),
+                None,
+            )
+            if binding is None:
+                outcomes[mac] = "not-registered"
+                continue
+            future: asyncio.Future[str] = loop.create_future()
+
+            def done(outcome: str, future: asyncio.Future[str] = future) -> None:
+                if not future.done():
+                    future.set_result(outcome)
+
+            proxy.send_check_sync(binding, done)
+            waiting[mac] = future
+        self._arm_timer()
+        if waiting:
+            await asyncio.wait(waiting.values(), timeout=self.settings.provision.resync_timeout)
+        for mac, future in waiting.items():
+            outcomes[mac] = future.result() if future.done() else "timeout"
+        return {mac: outcomes[mac] for mac in dict.fromkeys(macs)}
+
+    async def _resync_loop(self) -> None:
+        """Carry out re-syncs queued by the CLI or API in another process."""
+        store = self.store
+        assert store is not None
+        while True:
+            await asyncio.sleep(self.settings.provision.resync_poll_interval)
+            try:
+                queued = await store.resyncs.take_queued()
+            except Exception:
+                log.exception("reading queued re-syncs failed; will retry")
+                continue
+            if queued:
+                # Its own task: a phone that never answers must not hold up the next ones.
+                task = asyncio.get_running_loop().create_task(self._carry_out(queued))
+                self._resyncs.add(task)
+                task.add_done_callback(self._resyncs.discard)
+
+    async def _carry_out(self, queued: Sequence[ResyncInfo]) -> None:
+        store = self.store
+        assert store is not None
+        try:
+            outcomes = await self.resync([r.mac for r in queued])
+        except Exception:
+            log.exception("re-sync failed")
+            outcomes = {}
+        for request in queued:
+            await store.resyncs.finish(request.id, outcomes.get(request.mac, "failed"))
 
     # --- guard state: bans and events -------------------------------------------------------
     def _banned(self, ban: Ban) -> None:
@@ -544,6 +631,53 @@ class Edge:
                     user_agent=rec.user_agent,
                 )
             )
+
+
+class _GuardHooks:
+    """The guard as the boot server may use it: its ban list (persisted through the edge's
+    `on_ban`) and its security events. No request bytes go in: nothing to redact."""
+
+    def __init__(self, edge: Edge) -> None:
+        self._edge = edge
+
+    def is_banned(self, source: str, now: float) -> bool:
+        guard = self._edge.guard
+        return guard is not None and guard.bans.is_banned(source, now)
+
+    def ban(self, source: str, reason: str, now: float) -> None:
+        guard = self._edge.guard
+        if guard is None:
+            return
+        ban = guard.bans.ban(source, reason, now)
+        if guard.on_ban is not None:
+            guard.on_ban(ban)
+        guard.stats.count("ban", reason)
+
+    def event(
+        self,
+        source: str,
+        reason: str,
+        now: float,
+        *,
+        action: Action,
+        user_agent: str | None,
+        target: str | None,
+    ) -> None:
+        guard = self._edge.guard
+        if guard is None:
+            return
+        if action != "ban":
+            guard.stats.count(action, reason)
+        guard.events.record(
+            source,
+            reason,
+            now,
+            action=action,
+            transport="http",
+            raw=b"",
+            user_agent=user_agent,
+            target=target,
+        )
 
 
 def _record(b: Binding) -> BindingRecord:

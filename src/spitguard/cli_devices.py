@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 
 VALIDATION_CHOICES = ("source", "digest", "both")
 ON_OFF = {"on": True, "off": False}
+EXIT_NOT_ALL = 1  # compliance/resync: some phone is not where it should be
 VERSION_SHOWN = 12  # hex digits of a version in tables; --json has all 64
 RECENT_SHOWN = 5
 
@@ -128,6 +129,43 @@ def add_device_commands(subparsers: Subparsers) -> None:
     remove.add_argument("mac", metavar="MAC", help="the device's MAC address")
     _config_option(remove)
     remove.set_defaults(handler=run_device_remove)
+
+    compliance = actions.add_parser(
+        "compliance",
+        help="how many phones still run an old configuration, per tenant",
+        description="Per tenant: phones running their current configuration, phones "
+        "still on an old one (stale), phones that never fetched one, and phones whose "
+        "configuration cannot be rendered. Exit 0 when every phone is compliant, 1 otherwise.",
+    )
+    compliance.add_argument("--tenant", metavar="NAME", help="only this tenant")
+    compliance.add_argument("--json", action="store_true", help="print a JSON array")
+    _config_option(compliance)
+    compliance.set_defaults(handler=run_device_compliance)
+
+    resync = actions.add_parser(
+        "resync",
+        help="make phones fetch their configuration now (SIP NOTIFY check-sync)",
+        description="Queue a re-sync for the running edge (`spitguard serve`), which sends "
+        "NOTIFY Event: check-sync to each registered phone through its own flow and answers "
+        "the phone's digest challenge with the line's credentials. Waits for the outcomes. "
+        "Exit 0 when every phone took the NOTIFY, 1 when any did not (not registered, "
+        "refused, timed out), 2 on errors.",
+    )
+    resync.add_argument("macs", nargs="*", metavar="MAC", help="the devices to re-sync")
+    resync.add_argument("--tenant", metavar="NAME", help="every device of this tenant")
+    resync.add_argument(
+        "--stale", action="store_true", help="only devices not running their current config"
+    )
+    resync.add_argument(
+        "--timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="how long to wait for the edge's outcomes (default 60)",
+    )
+    resync.add_argument("--json", action="store_true", help="print a JSON array")
+    _config_option(resync)
+    resync.set_defaults(handler=run_device_resync)
 
     _add_profile(actions)
 
@@ -300,6 +338,8 @@ def run_device_show(args: argparse.Namespace) -> int:
         out = _device_json(device, assessment)
         out["recent_fetches"] = [_fetch_json(f) for f in fetches]
         out["recent_uploads"] = [_upload_json(u) for u in uploads]
+        noted = await store.fetches.last_note(mac)
+        out["last_note"] = None if noted is None else {"at": _iso(noted.at), "note": noted.note}
         if secrets is not None:
             out["admin_password"] = secrets.admin_password
             out["provisioning_password"] = secrets.provisioning_password
@@ -308,6 +348,98 @@ def run_device_show(args: argparse.Namespace) -> int:
         else:
             _print_device(out)
         return EXIT_OK
+
+    return _run(args, action)
+
+
+def run_device_compliance(args: argparse.Namespace) -> int:
+    async def action(store: Store) -> int:
+        edge = _edge(args)
+        tenants: dict[str, dict[str, int]] = {}
+        for device in await store.devices.list(args.tenant):
+            counts = tenants.setdefault(
+                device.tenant, {"compliant": 0, "stale": 0, "never": 0, "invalid": 0}
+            )
+            counts[(await _assess(store, device, edge)).state] += 1
+        out: list[dict[str, Any]] = [
+            {"tenant": t, "devices": sum(c.values()), **c} for t, c in sorted(tenants.items())
+        ]
+        if args.json:
+            _print_json(out)
+        elif not out:
+            print("no devices", file=sys.stderr)
+        for row in [] if args.json else out:
+            old = row["stale"] + row["never"] + row["invalid"]
+            phones = "phone still runs" if old == 1 else "phones still run"
+            line = f"{row['tenant']}: {old} of {row['devices']} {phones} an old configuration"
+            details = [f"{row[k]} {k}" for k in ("stale", "never", "invalid") if row[k]]
+            print(line + (f" ({', '.join(details)})" if details else ""))
+        all_ok = all(row["compliant"] == row["devices"] for row in out)
+        return EXIT_OK if all_ok else EXIT_NOT_ALL
+
+    return _run(args, action)
+
+
+def run_device_resync(args: argparse.Namespace) -> int:
+    import asyncio
+    import time
+
+    from .store import InvalidInputError
+
+    if not args.macs and args.tenant is None and not args.stale:
+        return _report(
+            CommandError("name devices: MAC ..., --tenant NAME or --stale (or a mix)"), args
+        )
+    try:
+        named = [_check_mac(mac) for mac in args.macs]
+    except InvalidInputError as exc:
+        return _report(exc, args)
+
+    async def action(store: Store) -> int:
+        for mac in named:
+            if await store.devices.get(mac) is None:
+                raise CommandError(
+                    f'device "{mac}" does not exist; see the devices with: spitguard device list'
+                )
+        macs = list(named)
+        if args.tenant is not None or (args.stale and not named):
+            macs += [d.mac for d in await store.devices.list(args.tenant)]
+        if args.stale:
+            edge = _edge(args)
+            kept = []
+            for mac in dict.fromkeys(macs):
+                device = await store.devices.get(mac)
+                if device is not None and (await _assess(store, device, edge)).state != "compliant":
+                    kept.append(mac)
+            macs = kept
+        macs = list(dict.fromkeys(macs))
+        if not macs:
+            print("nothing to re-sync: every named device runs its current configuration")
+            return EXIT_OK
+        queued = await store.resyncs.enqueue(macs)
+        deadline = time.monotonic() + args.timeout
+        done = queued
+        while time.monotonic() < deadline:
+            done = await store.resyncs.get(r.id for r in queued)
+            if all(r.finished for r in done):
+                break
+            await asyncio.sleep(0.2)
+        rows = [
+            (r.mac, (r.outcome or "-") if r.finished else f"no answer from the edge ({r.state})")
+            for r in done
+        ]
+        if args.json:
+            _print_json([{"mac": mac, "outcome": outcome} for mac, outcome in rows])
+        else:
+            _print_table(("MAC", "OUTCOME"), rows)
+        if any(not r.finished for r in done):
+            print(
+                "error: the edge did not carry out every re-sync in time; is `spitguard serve` "
+                "running with this configuration?",
+                file=sys.stderr,
+            )
+        ok = all(r.finished and (r.outcome or "").startswith("ok") for r in done)
+        return EXIT_OK if ok else EXIT_NOT_ALL
 
     return _run(args, action)
 
@@ -523,6 +655,7 @@ def _fetch_json(f: FetchInfo) -> dict[str, Any]:
         "user_agent": f.user_agent,
         "model": f.model,
         "firmware": f.firmware,
+        "note": f.note,
     }
 
 
@@ -558,6 +691,7 @@ def _print_device(out: dict[str, Any]) -> None:
         ("Desired version", out["desired_version"] or "-"),
         ("Fetched version", out["last_fetched_version"] or "-"),
         ("Last fetch", out["last_fetched_at"] or "-"),
+        ("Flagged", "-" if not out.get("last_note") else _flag(out["last_note"])),
         ("Created", out["created_at"]),
         ("Updated", out["updated_at"]),
     ]
@@ -624,6 +758,12 @@ def _polling_text(polling: dict[str, Any]) -> str:
         return f"every {polling['period']} s"
     end = f"-{polling['time_random_end']}" if polling["time_random_end"] else ""
     return f"{polling['mode']} at {polling['time']}{end}"
+
+
+def _flag(noted: dict[str, Any]) -> str:
+    from .cli import escape
+
+    return f"{escape(noted['note'])} ({noted['at']})"
 
 
 def _short(version: str | None) -> str:

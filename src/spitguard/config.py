@@ -407,6 +407,29 @@ class WebSettings(_Section):
     login_lockout: float = Field(default=900.0, ge=1.0, le=86400.0)
 
 
+class ProvisionSettings(_Section):
+    """The boot server under /provision/ (served by the web server)."""
+
+    realm: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[\x21-\x7e ]+$")] = (
+        "spitguard-provision"
+    )
+    nonce_ttl: Positive = 300.0
+    digest_algorithms: Annotated[list[DigestAlgorithm], NoDecode, EnvList, Field(min_length=1)] = (
+        Field(default_factory=lambda: list(DEFAULT_DIGEST_ALGORITHMS))
+    )
+    max_upload_bytes: Annotated[int, Field(ge=1024, le=16 * 1024 * 1024)] = 256 * 1024
+    reload_interval: Positive = 1.0
+    sweep_unknown_macs: Annotated[int, Field(ge=1)] = 10
+    sweep_window: Positive = 300.0
+    auth_failures: Annotated[int, Field(ge=1)] = 10
+    auth_failures_window: Positive = 300.0
+    rate_limit: Annotated[int, Field(ge=1)] | None = 300
+    rate_window: Positive = 10.0
+    fetch_log_flush_interval: Positive = 1.0
+    resync_poll_interval: Positive = 1.0
+    resync_timeout: Positive = 40.0
+
+
 # --- the settings ---------------------------------------------------------------------------
 
 
@@ -430,6 +453,7 @@ class Settings(BaseSettings):
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     firewall: FirewallSettings = Field(default_factory=FirewallSettings)
     web: WebSettings = Field(default_factory=WebSettings)
+    provision: ProvisionSettings = Field(default_factory=ProvisionSettings)
 
     @classmethod
     def settings_customise_sources(

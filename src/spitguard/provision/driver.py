@@ -160,6 +160,12 @@ class VendorDriver(ABC):
     def render(self, path: str, device: DeviceConfig) -> RenderedFile | None:
         """The file at ``path`` for ``device``; ``None`` when it is not ours (→ 404)."""
 
+    def render_public(self, path: str) -> RenderedFile | None:
+        """A file that is the same for every phone asking (no device, no secret), e.g. a
+        master file; ``None`` when ``path`` is not one. Served to anyone, so answering it
+        for an unknown MAC exactly as for a known one reveals nothing."""
+        return None
+
     @abstractmethod
     def is_firmware_or_license(self, path: str) -> bool:
         """Firmware images and license files: requested routinely, answered with a clean 404."""

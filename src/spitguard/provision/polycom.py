@@ -19,7 +19,7 @@ from __future__ import annotations
 import hmac
 import re
 from collections.abc import Callable, Mapping
-from functools import cache
+from functools import cache, lru_cache
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final
@@ -170,6 +170,17 @@ def _environment() -> ImmutableSandboxedEnvironment:
     )
 
 
+@lru_cache(maxsize=16384)
+def _master_file(app_file_path: str, name: str, config_files: str) -> RenderedFile:
+    # Master files depend on the MAC only: a fleet booting asks for each one again and again.
+    text = (
+        _environment()
+        .get_template("master.cfg.j2")
+        .render(app_file_path=app_file_path, config_files=config_files)
+    )
+    return RenderedFile(name, text.encode("utf-8"), CONTENT_TYPE, sensitive=False)
+
+
 def _basename(path: str) -> str:
     return path.rsplit("/", 1)[-1]
 
@@ -259,13 +270,18 @@ class PolycomDriver(VendorDriver):
         # Never serve one phone's file under another phone's name: the caller gets a 404.
         return None
 
+    def render_public(self, path: str) -> RenderedFile | None:
+        name = _basename(path)
+        if name.lower() == GENERIC_MASTER:
+            return self._master(GENERIC_MASTER, "spitguard-[PHONE_MAC_ADDRESS].cfg")
+        master = _MAC_CFG.match(name)
+        if master is None:
+            return None
+        mac = master.group(1).lower()
+        return self._master(f"{mac}.cfg", f"spitguard-{mac}.cfg")
+
     def _master(self, name: str, config_files: str) -> RenderedFile:
-        text = (
-            _environment()
-            .get_template("master.cfg.j2")
-            .render(app_file_path=self._app_file_path, config_files=config_files)
-        )
-        return RenderedFile(name, text.encode("utf-8"), CONTENT_TYPE, sensitive=False)
+        return _master_file(self._app_file_path, name, config_files)
 
     def _device_file(self, device: DeviceConfig) -> RenderedFile:
         self.validate(device)

@@ -727,8 +727,8 @@ class Proxy:
     def send_check_sync(self, b: Binding, done: Callable[[str], None]) -> None:
         """Push a re-sync to a registered phone: NOTIFY `Event: check-sync` through its own
         flow, answering the phone's digest challenge (Polycom requestValidation `digest`)
-        with its line's credentials. `done` gets "ok", "rejected:<code>", "timeout" or
-        "no-credentials"."""
+        with its line's credentials. `done` gets "ok", "ok-challenged" (it challenged and
+        took our answer), "rejected:<code>", "timeout" or "no-credentials"."""
         line = self.directory.line(b.aor)
         host = self.config.host
         call_id = secrets.token_hex(12)
@@ -772,7 +772,7 @@ class Proxy:
             if resp is None:
                 done("timeout")
             else:
-                done("ok" if resp.status < 300 else f"rejected:{resp.status}")
+                done("ok-challenged" if resp.status < 300 else f"rejected:{resp.status}")
 
         def first(resp: Response | None) -> None:
             if resp is None:

@@ -38,6 +38,7 @@ from .repos import (
     FetchLogRepo,
     LineRepo,
     ProfileRepo,
+    ResyncRepo,
     TenantRepo,
     UploadRepo,
     ViewRepo,
@@ -71,6 +72,7 @@ class Store:
         self.uploads = UploadRepo(self)
         self.admins = AdminRepo(self)
         self.views = ViewRepo(self)
+        self.resyncs = ResyncRepo(self)
 
     def __repr__(self) -> str:
         url = self.engine.url.render_as_string(hide_password=True)

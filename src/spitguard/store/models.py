@@ -311,6 +311,7 @@ class FetchLogRow(Base):
     model: Mapped[str | None] = mapped_column(String(64))
     source: Mapped[str] = mapped_column(String(64))
     at: Mapped[float] = mapped_column(Float)
+    note: Mapped[str | None] = mapped_column(String(200))  # e.g. a User-Agent mismatch
 
     def __repr__(self) -> str:
         return (
@@ -410,3 +411,22 @@ class ApiToken(Base):
 
     def __repr__(self) -> str:
         return f"ApiToken(id={self.id!r}, user_id={self.user_id!r}, name={self.name!r})"
+
+
+class ResyncRequest(Base):
+    """A re-sync asked for by the CLI or API (another process), done by the running edge.
+
+    ``state``: ``queued`` → ``sent`` (NOTIFY on its way) → ``done`` with an ``outcome``.
+    """
+
+    __tablename__ = "resync_requests"
+    __table_args__ = (Index(None, "state"),)
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer(), "sqlite"), primary_key=True
+    )
+    mac: Mapped[str] = mapped_column(String(12))
+    state: Mapped[str] = mapped_column(String(8))
+    outcome: Mapped[str | None] = mapped_column(String(32))
+    requested_at: Mapped[float] = mapped_column(Float)
+    finished_at: Mapped[float | None] = mapped_column(Float)

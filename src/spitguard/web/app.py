@@ -13,6 +13,7 @@ from .context import WebContext
 from .errors import install_error_handlers
 from .login_limiter import LoginLimiter
 from .portal import router as portal_router
+from .provision import ProvisionMiddleware
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 
@@ -34,6 +35,7 @@ def create_app(ctx: WebContext) -> FastAPI:
         lockout=web.login_lockout,
     )
     install_error_handlers(app)
+    app.add_middleware(ProvisionMiddleware, server=ctx.provision)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:

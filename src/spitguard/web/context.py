@@ -11,11 +11,12 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from ..config import Settings
+from ..provision.runtime import ProvisionServer
 from ..store import Store
 
-# Push a re-sync (SIP NOTIFY check-sync) to the devices with these MACs; the edge provides
-# it. Whatever it returns is reported back as text.
-ResyncFn = Callable[[Sequence[str]], Awaitable[object]]
+ResyncFn = Callable[[Sequence[str]], Awaitable[dict[str, str]]]
+"""MACs in, outcome per MAC out (see `Edge.resync`: "ok", "ok-challenged", "not-registered",
+"timeout", "rejected:<code>", "unknown-device")."""
 
 
 @dataclass(slots=True)
@@ -23,5 +24,7 @@ class WebContext:
     settings: Settings
     store: Store
     wall_clock: Callable[[], float] = field(default=time.time)
-    # None until the edge hands its re-sync over: the API then answers 503.
+    # The boot server under /provision/ (None: not served, every request gets 404).
+    provision: ProvisionServer | None = None
+    # Push a check-sync NOTIFY to registered phones now (the running edge does it).
     resync: ResyncFn | None = None

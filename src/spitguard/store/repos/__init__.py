@@ -33,6 +33,7 @@ from .fetches import (
     MAX_UPLOAD_BODY,
     FetchInfo,
     FetchLogRepo,
+    FetchRecord,
     UploadInfo,
     UploadRepo,
     WeakeningLike,
@@ -64,6 +65,7 @@ from .inventory import (
     normalize_tenant_name,
     parse_aor,
 )
+from .resync import ResyncInfo, ResyncRepo
 from .views import (
     COMPLIANCE_TEXT,
     Compliance,
@@ -113,6 +115,7 @@ __all__ = [
     "EventRepo",
     "FetchInfo",
     "FetchLogRepo",
+    "FetchRecord",
     "LineInfo",
     "LineRepo",
     "Page",
@@ -120,6 +123,8 @@ __all__ = [
     "ProfileInfo",
     "ProfileRepo",
     "Registration",
+    "ResyncInfo",
+    "ResyncRepo",
     "Role",
     "RowProblem",
     "Scope",

@@ -630,6 +630,51 @@ class DeviceRepo:
             ),
         )
 
+    async def all_credentials(self) -> dict[str, DeviceSecrets]:
+        """Every device's secrets by MAC, in two queries (the boot server's snapshot).
+        Columns, not ORM objects: this runs over the whole fleet on every reload."""
+        async with self._store.read() as session:
+            devices = (
+                await session.execute(
+                    select(
+                        Device.id, Device.mac, Device.admin_password_enc, Device.prov_password_enc
+                    )
+                )
+            ).all()
+            result = await session.execute(
+                select(
+                    DeviceLine.device_id,
+                    DeviceLine.line_key,
+                    Line.aor,
+                    Line.auth_user,
+                    Line.display_name,
+                    Line.password_enc,
+                )
+                .join(Line, DeviceLine.line_id == Line.id)
+                .order_by(DeviceLine.device_id, DeviceLine.line_key)
+            )
+            box = self._store.box
+            lines: dict[int, builtins.list[DeviceLineSecret]] = {}
+            for device_id, key, aor, auth_user, display_name, password_enc in result:
+                lines.setdefault(device_id, []).append(
+                    DeviceLineSecret(
+                        key=key,
+                        aor=aor,
+                        auth_user=auth_user,
+                        display_name=display_name,
+                        password=box.decrypt(password_enc),
+                    )
+                )
+        return {
+            mac: DeviceSecrets(
+                mac=mac,
+                admin_password=box.decrypt(admin_enc),
+                provisioning_password=box.decrypt(prov_enc),
+                lines=tuple(lines.get(device_id, ())),
+            )
+            for device_id, mac, admin_enc, prov_enc in devices
+        }
+
     async def set_lines(self, mac: str, lines: Sequence[tuple[int, str]]) -> DeviceInfo:
         """Replace the device's lines; each must be a line of the device's tenant."""
         key = _normalize_device_mac(mac)

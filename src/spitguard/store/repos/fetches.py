@@ -5,11 +5,13 @@ from __future__ import annotations
 import builtins
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, cast
 
 from sqlalchemy import (
+    Table,
     delete,
     func,
+    insert,
     or_,
     select,
 )
@@ -51,6 +53,23 @@ class FetchInfo:
     model: str | None
     source: str
     at: float
+    note: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FetchRecord:
+    """One provisioning request to log (`FetchLogRepo.add_batch`)."""
+
+    mac: str
+    path: str
+    status: int
+    source: str
+    at: float
+    version: str | None = None
+    user_agent: str | None = None
+    firmware: str | None = None
+    model: str | None = None
+    note: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +123,7 @@ def _fetch_info(row: FetchLogRow) -> FetchInfo:
         model=row.model,
         source=row.source,
         at=row.at,
+        note=row.note,
     )
 
 
@@ -147,6 +167,59 @@ class FetchLogRepo:
             session.add(row)
             await session.flush()
         return _fetch_info(row)
+
+    async def add_batch(self, records: Iterable[FetchRecord]) -> int:
+        """Log many requests in one transaction (the boot server writes off its hot path)."""
+        batch = list(records)
+        if not batch:
+            return 0
+        keys = {r.mac: _requested_mac(r.mac) for r in batch}
+        valid = sorted({key for key, ok in keys.values() if ok})
+        async with self._store.write() as session:
+            ids: dict[str, int] = {}
+            for start in range(0, len(valid), 500):
+                result = await session.execute(
+                    select(Device.mac, Device.id).where(Device.mac.in_(valid[start : start + 500]))
+                )
+                ids.update({str(m): int(i) for m, i in result.tuples()})
+            # Core executemany on the connection, not ORM objects (nor the ORM's bulk path):
+            # a fleet re-provisioning writes tens of thousands of rows.
+            connection = await session.connection()
+            await connection.execute(
+                insert(cast(Table, FetchLogRow.__table__)),
+                [
+                    {
+                        "device_id": ids.get(keys[r.mac][0]),
+                        "mac_requested": keys[r.mac][0],
+                        "path": r.path[:512],
+                        "status": int(r.status),
+                        "version": _clip(r.version, 64),
+                        "user_agent": _clip(r.user_agent, 256),
+                        "firmware": _clip(r.firmware, 64),
+                        "model": _clip(r.model, 64),
+                        "source": r.source[:MAX_SOURCE],
+                        "at": float(r.at),
+                        "note": _clip(r.note, 200),
+                    }
+                    for r in batch
+                ],
+            )
+        return len(batch)
+
+    async def last_note(self, mac: str) -> FetchInfo | None:
+        """The device's latest request that carried a note (e.g. a User-Agent mismatch)."""
+        key, valid = _requested_mac(mac)
+        if not valid:
+            return None
+        query = (
+            select(FetchLogRow)
+            .where(FetchLogRow.mac_requested == key, FetchLogRow.note.is_not(None))
+            .order_by(FetchLogRow.at.desc(), FetchLogRow.id.desc())
+            .limit(1)
+        )
+        async with self._store.read() as session:
+            row = await session.scalar(query)
+        return None if row is None else _fetch_info(row)
 
     async def recent(self, mac: str | None = None, limit: int = 50) -> builtins.list[FetchInfo]:
         """The latest requests (of one MAC when given), newest first."""
