@@ -50,6 +50,7 @@ class EdgeServer:
     banner: str = ""
     stderr_path: Path = field(default=Path())
     wrap: list[str] = field(default_factory=list)  # e.g. `ip netns exec NS`
+    serve_args: list[str] = field(default_factory=list)  # e.g. --demo
 
     @property
     def addr(self) -> str:
@@ -73,6 +74,7 @@ class EdgeServer:
                 *self.wrap,
                 *spitguard_cmd(),
                 *("serve", "--config", str(self.config), "--log-level", "debug"),
+                *self.serve_args,
             ],
             stdout=subprocess.PIPE,
             stderr=err,
@@ -165,6 +167,7 @@ def running_edge(
     users: dict[str, str] | None = None,
     extra: str = "",
     wrap: Sequence[str] = (),
+    serve_args: Sequence[str] = (),
 ) -> Iterator[EdgeServer]:
     """A configured, populated, running edge; stopped (and checked for a clean exit) after.
     `wrap` prefixes the server's command line (e.g. `ip netns exec NS`)."""
@@ -174,7 +177,7 @@ def running_edge(
     tls = free_port()
     config = tmp / "edge.toml"
     write_config(config, data_dir, udp, tcp, tls, upstream=upstream, trusted=trusted, extra=extra)
-    edge = EdgeServer(data_dir, config, udp, tcp, tls, wrap=list(wrap))
+    edge = EdgeServer(data_dir, config, udp, tcp, tls, wrap=list(wrap), serve_args=list(serve_args))
     r = edge.cli("tenant", "add", "acme", "--domain", DOMAIN)
     assert r.returncode == 0, r.stderr
     for user, password in (users or USERS).items():

@@ -15,6 +15,14 @@ from dataclasses import dataclass
 from . import __version__
 from .config import ConfigError, Settings
 from .demo import ensure_demo, ensure_demo_admin
+from .demo_world import (
+    CALL_EVERY,
+    DEMO_PHONES,
+    SCAN_EVERY,
+    TRUNK_IP,
+    DemoWorld,
+    ensure_demo_devices,
+)
 from .firewall import NftBans
 from .guard.bans import Ban
 from .guard.build import build_guard
@@ -66,6 +74,7 @@ class Edge:
         self.settings = settings
         self.demo = demo
         self.demo_lines: list[tuple[str, str]] = []
+        self.demo_world: DemoWorld | None = None
         self.demo_admin: tuple[str, str] | None = None
         self.store: Store | None = None
         self.directory = Directory()
@@ -98,6 +107,7 @@ class Edge:
         key = load_or_create_key(s)
         if self.demo:
             self.demo_lines = await ensure_demo(self.store)
+            await ensure_demo_devices(self.store)
             self.demo_admin = await ensure_demo_admin(self.store)
         await self.reload_directory(force=True)
 
@@ -132,8 +142,11 @@ class Edge:
             local_hosts=tuple(hosts),
             user_agent=s.sip.user_agent,
         )
+        upstream_sources = list(s.upstream.trusted_sources)
+        if self.demo:
+            upstream_sources.append(f"{TRUNK_IP}/32")  # the demo's trunk calls the phones
         self.trusted = TrustedSources(
-            {"upstream": s.upstream.trusted_sources, "peers": s.guard.peers},
+            {"upstream": upstream_sources, "peers": s.guard.peers},
             nameservers=s.guard.nameservers,
             timeout=s.guard.dns_timeout,
         )
@@ -203,6 +216,22 @@ class Edge:
         if s.web.enabled:
             self.web = WebServer(create_app(self.web_context()), s.web.host, s.web.port)
             await self.web.start()
+            if self.demo:
+                self._start_demo_world()
+
+    def _start_demo_world(self) -> None:
+        assert self.web is not None
+        udp = next((x for x in self.listening if x.transport == "udp"), None)
+        if udp is None or self.store is None:
+            log.warning("the demo phones need a UDP listener; none configured")
+            return
+        web_host = _url_host(self.settings.web.host)
+        self.demo_world = DemoWorld(
+            self.store,
+            sip=(udp.host, udp.port),
+            web_base=f"http://{web_host}:{self.web.port}",
+        )
+        self.demo_world.start()
 
     def web_context(self) -> WebContext:
         assert self.store is not None
@@ -212,6 +241,8 @@ class Edge:
 
     async def stop(self) -> None:
         self._stopping.set()
+        if self.demo_world is not None:
+            await self.demo_world.stop()
         if self.web is not None:
             await self.web.stop()
         if self.provision is not None:
@@ -736,6 +767,13 @@ def banner(edge: Edge) -> str:
         if edge.demo_admin is not None:
             user, password = edge.demo_admin
             text += f"  portal login: {user} / {password}  (demo operator)\n"
+    if edge.demo_world is not None:
+        text += "  demo phones (booting from the boot server, registering through the edge):\n"
+        text += "".join(f"    {p.user}  {p.ip}  {p.where}  ({p.label})\n" for p in DEMO_PHONES)
+        text += (
+            f"  demo trunk {TRUNK_IP} calls each phone every {CALL_EVERY:.0f} s; scanners "
+            f"from 127.0.66.x probe the edge every {SCAN_EVERY:.0f} s (see Events and Bans)\n"
+        )
     if edge.demo_lines:
         text += "  demo lines (register a softphone through the edge with these):\n"
         text += "".join(f"    {aor}  password {pw}\n" for aor, pw in edge.demo_lines)

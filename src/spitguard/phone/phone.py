@@ -186,7 +186,8 @@ class ReferencePhone:
     registration server given by a name outside ``hosts`` (and not ``localhost``) is not
     trusted by the ``source`` check. ``web_port``: where to serve the web UI when the
     configuration enables it (``None``: never start it; ``phone.web_ui_enabled`` still
-    says whether the configuration asks for it).
+    says whether the configuration asks for it). ``lan_address``: the phone plays one
+    behind NAT that believes it has this (private) address.
     """
 
     def __init__(
@@ -204,6 +205,7 @@ class ReferencePhone:
         hosts: Mapping[str, Sequence[str]] | None = None,
         timers: Timers = DEFAULT_TIMERS,
         http_timeout: float = 5.0,
+        lan_address: str | None = None,
     ) -> None:
         self.mac = mac.replace(":", "").replace("-", "").lower()
         if len(self.mac) != 12 or any(c not in "0123456789abcdef" for c in self.mac):
@@ -220,6 +222,9 @@ class ReferencePhone:
         self.hosts: Mapping[str, Sequence[str]] = dict(hosts or {})
         self.timers = timers
         self.http_timeout = http_timeout
+        # Behind NAT a phone only knows its LAN address and puts it in Via and Contact,
+        # while its packets reach the edge from `ip` (the NAT's public side).
+        self.lan_address = lan_address
 
         self.params: dict[str, str] = {}
         self.settings: PhoneSettings | None = None
@@ -268,7 +273,8 @@ class ReferencePhone:
 
     @property
     def contact_host(self) -> str:
-        return self.ip if ":" not in self.ip else f"[{self.ip}]"
+        host = self.lan_address or self.ip
+        return host if ":" not in host else f"[{host}]"
 
     async def wait_for(
         self, predicate: Callable[[], object], timeout: float = 5.0, what: str = "a condition"
@@ -604,7 +610,7 @@ class ReferencePhone:
                 if (
                     isinstance(uri, SipUri)
                     and uri.port == self.sip_port
-                    and uri.host.strip("[]") == self.ip
+                    and uri.host.strip("[]") == (self.lan_address or self.ip)
                     and contact.expires is not None
                 ):
                     return contact.expires
