@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, TypeAlias
 
 from . import __version__
+from .cli_audit import add_audit
 from .cli_devices import add_device_commands
 from .cli_guard import add_guard_commands
 from .cli_inventory import add_inventory_commands
@@ -529,4 +530,5 @@ COMMANDS: list[Callable[[Subparsers], None]] = [
     add_inventory_commands,
     add_guard_commands,
     add_device_commands,
+    add_audit,
 ]

@@ -30,6 +30,7 @@ from .crypto import SecretBox, load_or_create_key
 from .errors import AlreadyExistsError, StoreError
 from .models import INVENTORY_REVISION_KEY, Revision
 from .repos import (
+    AuditRepo,
     BanRepo,
     BindingRepo,
     DeviceRepo,
@@ -67,6 +68,7 @@ class Store:
         self.profiles = ProfileRepo(self)
         self.fetches = FetchLogRepo(self)
         self.uploads = UploadRepo(self)
+        self.audits = AuditRepo(self)
 
     def __repr__(self) -> str:
         url = self.engine.url.render_as_string(hide_password=True)

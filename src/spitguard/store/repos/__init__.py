@@ -1,6 +1,6 @@
 """Async repositories, one module per area: inventory (tenants, lines, bindings), guard
-(bans, security events), devices (devices, tenant profiles) and fetches (fetch log,
-uploads).
+(bans, security events), devices (devices, tenant profiles), fetches (fetch log,
+uploads) and audit (the auditor's runs and results).
 
 Every query is an SQLAlchemy expression (bound parameters only) that runs on SQLite and
 PostgreSQL alike. Results are plain frozen values, never ORM objects, so callers cannot
@@ -9,6 +9,13 @@ revision in the same transaction.
 """
 
 from ._sql import normalize_ip
+from .audit import (
+    AuditRepo,
+    AuditResultInfo,
+    AuditResultInput,
+    AuditRunInfo,
+    RegisteredAddress,
+)
 from .devices import (
     DEFAULT_CHECKSYNC_VALIDATION,
     DEFAULT_INVITE_VALIDATION,
@@ -77,6 +84,10 @@ __all__ = [
     "MAX_SOURCE",
     "MAX_UPLOAD_BODY",
     "MIN_PASSWORD_LENGTH",
+    "AuditRepo",
+    "AuditResultInfo",
+    "AuditResultInput",
+    "AuditRunInfo",
     "BanInfo",
     "BanLike",
     "BanRepo",
@@ -100,6 +111,7 @@ __all__ = [
     "ParsedAor",
     "ProfileInfo",
     "ProfileRepo",
+    "RegisteredAddress",
     "RowProblem",
     "TenantInfo",
     "TenantRepo",
