@@ -16,6 +16,7 @@ __all__ = ["DEFAULT_BURST", "DEFAULT_RATE", "Pacer"]
 
 DEFAULT_RATE: Final = 20.0  # sends per second, over the whole audit
 DEFAULT_BURST: Final = 5
+_EPSILON: Final = 1e-9
 
 
 @dataclass(slots=True)
@@ -42,7 +43,7 @@ class Pacer:
     def delay(self, now: float) -> float:
         """Seconds to wait before the next send; 0 means take the token now (taken)."""
         self._refill(now)
-        if self._tokens >= 1.0:
+        if self._tokens >= 1.0 - _EPSILON:  # float refills land a hair short of 1.0
             self._tokens -= 1.0
             self.sent += 1
             return 0.0

@@ -169,7 +169,7 @@ class AuditRepo:
                 found = await session.execute(
                     select(Device.mac, Device.id).where(Device.mac.in_(macs))
                 )
-                ids = {str(mac): int(device_id) for mac, device_id in found.tuples()}
+                ids = {str(mac): int(device_id) for mac, device_id in found}
             run = AuditRun(
                 started_at=started_at,
                 finished_at=finished_at,
