@@ -194,6 +194,9 @@ def test_http_classification() -> None:
     assert found.kind == "config" and "polycom-reg" in found.markers
     assert "s3cret" not in repr(found.to_json())  # the content is never kept
     assert classify(80, "/x.cfg", http(200, b"<html/>"), config_probe=True).kind == "other"
+    master = b'<APPLICATION APP_FILE_PATH="x.ld" CONFIG_FILES="phone-[PHONE_MAC_ADDRESS].cfg"/>'
+    found = classify(80, "/000000000000.cfg", http(200, master), config_probe=True)
+    assert (found.kind, found.markers) == ("other", ("polycom-config-files",))  # bootstrap only
     assert classify(443, "/", None, config_probe=False, note="connection refused").kind == "none"
     assert classify(80, "/", b"SSH-2.0-OpenSSH\r\n", config_probe=False).status is None
     chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"

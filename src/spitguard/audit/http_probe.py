@@ -42,8 +42,9 @@ _LOGIN_MARKERS: Final = (
     ("password-field", re.compile(rb"<input[^>]+type\s*=\s*[\"']?password", re.I)),
     ("login-title", re.compile(rb"<title>[^<]*(log ?in|sign ?in|web configuration)", re.I)),
 )
+MASTER_ONLY: Final = "polycom-config-files"
 _CONFIG_MARKERS: Final = (
-    ("polycom-config-files", re.compile(rb"CONFIG_FILES\s*=")),
+    (MASTER_ONLY, re.compile(rb"CONFIG_FILES\s*=")),
     ("polycom-voipprot", re.compile(rb"\bvoIpProt\.[A-Za-z]")),
     ("polycom-reg", re.compile(rb"\breg\.\d+\.(address|auth)")),
     ("yealink-version", re.compile(rb"^#!version:", re.M)),
@@ -138,7 +139,10 @@ def classify(
     if config_probe:
         if 200 <= status < 300:
             markers = tuple(name for name, rx in _CONFIG_MARKERS if rx.search(answer.body))
-            kind = "config" if markers else "other"
+            # A master file that only lists CONFIG_FILES is how every phone bootstraps
+            # (spitguard's boot server serves it to anyone by design): it names files but
+            # sets nothing. A configuration sets parameters.
+            kind = "config" if set(markers) - {MASTER_ONLY} else "other"
     elif status in (401, 407) or (
         200 <= status < 300
         and (markers := tuple(n for n, rx in _LOGIN_MARKERS if rx.search(answer.body)))
