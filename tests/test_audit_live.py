@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import json
 import socket
+import ssl
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any, cast
@@ -30,6 +31,7 @@ from spitguard.config import Settings
 from spitguard.sip.message import Request, make_response, parse
 from spitguard.store import open_store
 from spitguard.store.repos import BindingRecord
+from spitguard.transport.tls import ensure_self_signed, server_context
 from test_phone import BootServer, device, new_phone, null_validation, run
 
 FAST = Timing(t1=0.05, t2=0.2, retries=1, timeout=0.4)
@@ -119,8 +121,11 @@ async def udp(factory: Callable[[], asyncio.DatagramProtocol], ip: str) -> Async
 
 
 @contextlib.asynccontextmanager
-async def http_server(ip: str, routes: dict[str, tuple[int, bytes]]) -> AsyncIterator[int]:
-    """HTTP/1.1 on ip: GET path -> (status, body); anything else 404. Yields the port."""
+async def http_server(
+    ip: str, routes: dict[str, tuple[int, bytes]], tls: ssl.SSLContext | None = None
+) -> AsyncIterator[int]:
+    """HTTP/1.1 (over TLS with `tls`) on ip: GET path -> (status, body); anything else
+    404. Yields the port."""
     requests: list[str] = []
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -135,7 +140,7 @@ async def http_server(ip: str, routes: dict[str, tuple[int, bytes]]) -> AsyncIte
         await writer.drain()
         writer.close()
 
-    server = await asyncio.start_server(serve, ip, 0)
+    server = await asyncio.start_server(serve, ip, 0, ssl=tls)
     try:
         yield int(server.sockets[0].getsockname()[1])
     finally:
@@ -308,6 +313,23 @@ def test_web_login_page_and_unauthenticated_configuration_are_exposed() -> None:
     run(scenario())
 
 
+def test_a_web_ui_over_tls_with_a_self_signed_certificate(tmp_path: Path) -> None:
+    cert, key = tmp_path / "phone.crt", tmp_path / "phone.key"
+    ensure_self_signed(cert, key, phone_ip(183))
+    login = b'<html><title>Login</title><input type="password" name="pw"></html>'
+
+    async def scenario() -> TargetResult:
+        tls = server_context(cert, key)
+        async with http_server(phone_ip(183), {"/": (200, login)}, tls) as port:
+            opts = options(70, transports=(), web_ports=(port,), tls_ports=frozenset({port}))
+            return only(await run_audit([Target(phone_ip(183), 5060)], opts))
+
+    result = run(scenario())
+    front = result.http[0]
+    assert (front.scheme, front.status, front.kind) == ("https", 200, "login")
+    assert result.web_ui and result.exposed
+
+
 # --- the command --------------------------------------------------------------------------
 
 
@@ -326,12 +348,15 @@ def listening(ip: str) -> Iterator[tuple[socket.socket, socket.socket, int]]:
 
 def test_dry_run_lists_the_sends_and_sends_nothing(capsys: pytest.CaptureFixture[str]) -> None:
     with listening(phone_ip(177)) as (u, t, port):
-        code = main(["audit", f"{phone_ip(177)}:{port}", "--dry-run", "--web-ports", str(port)])
+        code = main(
+            ["audit", f"{phone_ip(177)}:{port}", "--dry-run", "--web-ports", f"{port},9443/tls"]
+        )
         out = capsys.readouterr().out.splitlines()
         assert code == 0
         assert out[0] == f"sip/udp {phone_ip(177)}:{port}  OPTIONS sip:100@{phone_ip(177)}:{port}"
         assert any(line.startswith(f"sip/tcp {phone_ip(177)}:{port}  INVITE") for line in out)
         assert f"http://{phone_ip(177)}:{port}  GET /" in out
+        assert f"https://{phone_ip(177)}:9443  GET /" in out
         # On loopback a datagram or connection would already be queued: there is none.
         with pytest.raises(BlockingIOError):
             u.recv(65535)

@@ -81,8 +81,8 @@ def add_audit(subparsers: Subparsers) -> None:
         "--web-ports",
         default="80,443,8080",
         metavar="LIST",
-        help='web ports to check, comma-separated, or "none" (443 and 8443 speak TLS; '
-        "default: 80,443,8080)",
+        help='web ports to check, comma-separated, or "none"; 443, 8443 and PORT/tls '
+        "speak TLS (default: 80,443,8080)",
     )
     p.add_argument(
         "--provisioning-paths",
@@ -147,19 +147,23 @@ def add_audit(subparsers: Subparsers) -> None:
 # --- options ------------------------------------------------------------------------------
 
 
-def _ports(text: str) -> tuple[int, ...]:
+def _ports(text: str) -> tuple[tuple[int, ...], frozenset[int]]:
+    """Web ports and which of them speak TLS: 443 and 8443, and any written PORT/tls."""
     if text.strip().lower() in ("", "none"):
-        return ()
-    out: list[int] = []
+        return (), frozenset()
+    ports: list[int] = []
+    tls: set[int] = set()
     for part in text.split(","):
-        part = part.strip()
-        if not part.isdigit() or not 1 <= int(part) <= 65535:
+        number, _, suffix = part.strip().lower().partition("/")
+        if not number.isdigit() or not 1 <= int(number) <= 65535 or suffix not in ("", "tls"):
             raise CommandError(
-                f"bad web port {part!r} in --web-ports: give ports from 1 to 65535, "
-                'comma-separated (e.g. 80,443,8080), or "none"'
+                f"bad web port {part.strip()!r} in --web-ports: give ports from 1 to 65535, "
+                'comma-separated, PORT/tls for TLS (e.g. 80,443,8080,9443/tls), or "none"'
             )
-        out.append(int(part))
-    return tuple(dict.fromkeys(out))
+        ports.append(int(number))
+        if suffix == "tls" or int(number) in (443, 8443):
+            tls.add(int(number))
+    return tuple(dict.fromkeys(ports)), frozenset(tls)
 
 
 def _paths(text: str) -> tuple[str, ...]:
@@ -202,13 +206,14 @@ def build_options(args: argparse.Namespace) -> AuditOptions:
                 f"--source {args.source!r} is not an IP address: give one of this host's "
                 "addresses, e.g. 127.0.66.1"
             ) from None
-    web_ports = _ports(args.web_ports)
+    web_ports, tls_ports = _ports(args.web_ports)
     transports = tuple(dict.fromkeys(args.transport or ("udp", "tcp")))
     try:
         return AuditOptions(
             transports=transports,
             invite=not args.no_invite,
             web_ports=web_ports,
+            tls_ports=tls_ports,
             config_paths=_paths(args.provisioning_paths),
             source=args.source,
             rate=args.rate,

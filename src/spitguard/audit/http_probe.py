@@ -64,13 +64,13 @@ class HttpAnswer:
         return next((v for n, v in self.headers if n.lower() == wanted), None)
 
 
-def scheme_for(port: int) -> str:
-    return "https" if port in TLS_PORTS else "http"
+def scheme_for(port: int, tls_ports: frozenset[int] = TLS_PORTS) -> str:
+    return "https" if port in tls_ports else "http"
 
 
-def build_get(host: str, port: int, path: str, user_agent: str) -> bytes:
+def build_get(host: str, port: int, path: str, user_agent: str, *, https: bool = False) -> bytes:
     """One GET without credentials; the connection closes after the answer."""
-    default = 443 if scheme_for(port) == "https" else 80
+    default = 443 if https else 80
     host_header = uri_host(host) + ("" if port == default else f":{port}")
     lines = [
         f"GET {path} HTTP/1.1",
@@ -121,10 +121,15 @@ def _dechunk(body: bytes) -> bytes:
 
 
 def classify(
-    port: int, path: str, data: bytes | None, *, config_probe: bool, note: str | None = None
+    port: int,
+    path: str,
+    data: bytes | None,
+    *,
+    config_probe: bool,
+    note: str | None = None,
+    scheme: str = "http",
 ) -> HttpFinding:
     """What one GET found. `data` None: no connection (`note` says why)."""
-    scheme = scheme_for(port)
     if data is None:
         return HttpFinding(port, scheme, path, None, "none", note=note)
     answer = parse_answer(data)

@@ -28,7 +28,7 @@ def plan(targets: Sequence[Target], options: AuditOptions) -> list[str]:
                     "provisional response; ACK and BYE if answered)"
                 )
         for web in options.web_ports:
-            base = f"{scheme_for(web)}://{host}:{web}"
+            base = f"{scheme_for(web, options.tls_ports)}://{host}:{web}"
             lines.append(f"{base}  GET /")
             lines.extend(
                 f"{base}  GET {path} (only if port {web} answered)" for path in options.config_paths

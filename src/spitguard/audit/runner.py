@@ -21,10 +21,12 @@ from typing import Any, Final
 
 from .. import __version__
 from ..sip.framer import Close, Frame, StreamFramer
+from ..transport.tls import client_context
 from .http_probe import (
     DEFAULT_CONFIG_PATHS,
     DEFAULT_WEB_PORTS,
     MAX_READ,
+    TLS_PORTS,
     build_get,
     classify,
     scheme_for,
@@ -59,6 +61,7 @@ class AuditOptions:
     transports: tuple[Transport, ...] = ("udp", "tcp")
     invite: bool = True
     web_ports: tuple[int, ...] = DEFAULT_WEB_PORTS
+    tls_ports: frozenset[int] = TLS_PORTS  # web ports spoken to over TLS
     config_paths: tuple[str, ...] = DEFAULT_CONFIG_PATHS
     source: str | None = None  # local address to send from
     rate: float = DEFAULT_RATE  # sends per second over the whole audit
@@ -91,6 +94,7 @@ class AuditOptions:
             "transports": list(self.transports),
             "invite": self.invite,
             "web_ports": list(self.web_ports),
+            "tls_ports": sorted(self.tls_ports),
             "config_paths": list(self.config_paths),
             "source": self.source,
             "rate": self.rate,
@@ -346,28 +350,21 @@ async def _sip_tcp(address: str, port: int, opts: AuditOptions, gate: _Gate) -> 
             await writer.wait_closed()
 
 
-def _tls_context() -> ssl.SSLContext:
-    # Phones serve self-signed certificates; the auditor only looks and sends no
-    # credentials, so the certificate is not what is being checked here.
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    return context
-
-
 async def _http_get(
     address: str, port: int, path: str, opts: AuditOptions, gate: _Gate
 ) -> tuple[bytes | None, str | None]:
     """What the target answered to one GET (at most MAX_READ bytes), or None and why."""
     timeout = opts.timing.timeout
-    https = scheme_for(port) == "https"
+    https = scheme_for(port, opts.tls_ports) == "https"
     await gate.acquire()
     try:
         reader, writer = await asyncio.wait_for(
             asyncio.open_connection(
                 address,
                 port,
-                ssl=_tls_context() if https else None,
+                # Phones serve self-signed certificates; the auditor only looks and sends
+                # no credentials, so the certificate is not what is checked here.
+                ssl=client_context(verify=False) if https else None,
                 server_hostname="" if https else None,
                 local_addr=_local_addr(opts.source),
             ),
@@ -377,7 +374,7 @@ async def _http_get(
         return None, _connect_note(exc)
     data = b""
     try:
-        writer.write(build_get(address, port, path, opts.user_agent))
+        writer.write(build_get(address, port, path, opts.user_agent, https=https))
         async with asyncio.timeout(timeout):
             while len(data) < MAX_READ and (chunk := await reader.read(MAX_READ - len(data))):
                 data += chunk
@@ -391,11 +388,12 @@ async def _http_get(
 
 
 async def _web_port(address: str, port: int, opts: AuditOptions, gate: _Gate) -> list[HttpFinding]:
+    scheme = scheme_for(port, opts.tls_ports)
     data, note = await _http_get(address, port, "/", opts, gate)
-    findings = [classify(port, "/", data, config_probe=False, note=note)]
+    findings = [classify(port, "/", data, config_probe=False, note=note, scheme=scheme)]
     if findings[0].status is None:
         return findings  # nothing listens: no point asking for configuration files
     for path in opts.config_paths:
         data, note = await _http_get(address, port, path, opts, gate)
-        findings.append(classify(port, path, data, config_probe=True, note=note))
+        findings.append(classify(port, path, data, config_probe=True, note=note, scheme=scheme))
     return findings
