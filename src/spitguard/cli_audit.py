@@ -14,7 +14,6 @@ import ipaddress
 import json
 import sys
 import time
-from collections.abc import Sequence
 from typing import IO, TYPE_CHECKING, TypeAlias
 
 from .cli_inventory import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, CommandError, _config_option
@@ -290,7 +289,9 @@ async def _main(args: argparse.Namespace, options: AuditOptions, targets: list[T
         if bar is not None:
             bar.clear()
         if store is not None and not args.no_store:
-            await _store(store, options, results, started)
+            from .audit.storage import record_results
+
+            await record_results(store, results, options, started_at=started)
     finally:
         if store is not None:
             await store.close()
@@ -310,44 +311,16 @@ async def _open_store(args: argparse.Namespace) -> Store:
 async def _with_registrations(
     store: Store, targets: list[Target], args: argparse.Namespace
 ) -> list[Target]:
-    from .audit import Target
+    from .audit.storage import registered_targets
     from .audit.targets import cap_targets
 
-    found = await store.audits.registered_addresses(time.time(), args.tenant)
     seen = {(t.host, t.port) for t in targets}
     out = list(targets)
-    for reg in found:
-        if (reg.host, reg.port) not in seen:
-            seen.add((reg.host, reg.port))
-            out.append(Target(reg.host, reg.port, reg.aor, reg.device, reg.tenant))
+    for target in await registered_targets(store, tenant=args.tenant):
+        if (target.host, target.port) not in seen:
+            seen.add((target.host, target.port))
+            out.append(target)
     return cap_targets(out, args.max_targets)
-
-
-async def _store(
-    store: Store, options: AuditOptions, results: Sequence[TargetResult], started: float
-) -> None:
-    from .store.repos import AuditResultInput
-
-    await store.audits.record(
-        started_at=started,
-        finished_at=time.time(),
-        options=options.to_json(),
-        results=[
-            AuditResultInput(
-                host=r.target.host,
-                port=r.target.port,
-                verdict=r.verdict,
-                exposed=r.exposed,
-                web_ui=r.web_ui,
-                config=r.config,
-                details=r.to_json(),
-                address=r.address,
-                aor=r.target.aor,
-                device=r.target.device,
-            )
-            for r in results
-        ],
-    )
 
 
 # --- output ---------------------------------------------------------------------------------

@@ -6,7 +6,8 @@ Per target: SIP over UDP and TCP (an OPTIONS, then a scanner-shaped INVITE cance
 its first provisional response), classified `rings`, `answers` or `silent`; plus whether a
 web UI answers and whether a provisioning path hands out a configuration without
 authentication. The probes are sans-I/O (`sip_probe`, `http_probe`, `pacing`); `runner`
-does the sockets. See docs/audit.md.
+does the sockets; `storage` reads registrations from and records results in the store.
+See docs/audit.md.
 """
 
 from .http_probe import DEFAULT_CONFIG_PATHS, DEFAULT_WEB_PORTS
@@ -15,6 +16,7 @@ from .plan import plan
 from .results import VERDICTS, HttpFinding, SeenResponse, SipVerdict, TargetResult, TransportResult
 from .runner import DEFAULT_USER_AGENT, AuditError, AuditOptions, run_audit
 from .sip_probe import SipProbe, Timing
+from .storage import record_results, registered_targets
 from .targets import DEFAULT_MAX_TARGETS, Target, TargetError, expand_targets, parse_target
 
 __all__ = [
@@ -40,5 +42,7 @@ __all__ = [
     "expand_targets",
     "parse_target",
     "plan",
+    "record_results",
+    "registered_targets",
     "run_audit",
 ]
