@@ -327,3 +327,19 @@ def test_store_lists_registered_addresses_and_keeps_results_per_device(tmp_path:
         assert [r.id for r in await store.audits.runs()] == [run.id]
 
     with_store(tmp_path, body)
+
+
+def test_progress_bar_redraws_one_line() -> None:
+    import io
+
+    from spitguard.cli_audit import _ProgressBar
+
+    stream = io.StringIO()
+    bar = _ProgressBar(stream)
+    bar.update(1, 4)
+    bar.update(4, 4)
+    bar.clear()
+    text = stream.getvalue()
+    assert "\n" not in text  # redrawn in place with carriage returns
+    assert "audit [#######" in text and "] 1/4 targets" in text and "] 4/4 targets" in text
+    assert text.endswith("\r")
