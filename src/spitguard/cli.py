@@ -18,6 +18,7 @@ from typing import IO, TYPE_CHECKING, Any, TypeAlias
 
 from . import __version__
 from .cli_admin import add_admin_commands
+from .cli_audit import add_audit
 from .cli_devices import add_device_commands
 from .cli_guard import add_guard_commands
 from .cli_inventory import add_inventory_commands
@@ -531,4 +532,5 @@ COMMANDS: list[Callable[[Subparsers], None]] = [
     add_guard_commands,
     add_device_commands,
     add_admin_commands,
+    add_audit,
 ]

@@ -31,6 +31,7 @@ from .errors import AlreadyExistsError, StoreError
 from .models import INVENTORY_REVISION_KEY, Revision
 from .repos import (
     AdminRepo,
+    AuditRepo,
     BanRepo,
     BindingRepo,
     DeviceRepo,
@@ -73,6 +74,7 @@ class Store:
         self.admins = AdminRepo(self)
         self.views = ViewRepo(self)
         self.resyncs = ResyncRepo(self)
+        self.audits = AuditRepo(self)
 
     def __repr__(self) -> str:
         url = self.engine.url.render_as_string(hide_password=True)

@@ -430,3 +430,60 @@ class ResyncRequest(Base):
     outcome: Mapped[str | None] = mapped_column(String(32))
     requested_at: Mapped[float] = mapped_column(Float)
     finished_at: Mapped[float | None] = mapped_column(Float)
+
+
+# --- the auditor: runs and per-target results ------------------------------------------------
+
+
+class AuditRun(Base):
+    """One `spitguard audit` (or API-started audit): when, with which options, how it went."""
+
+    __tablename__ = "audit_runs"
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer(), "sqlite"), primary_key=True
+    )
+    started_at: Mapped[float] = mapped_column(Float)
+    finished_at: Mapped[float] = mapped_column(Float)
+    options: Mapped[dict[str, Any]] = mapped_column(JSON)
+    targets: Mapped[int] = mapped_column(Integer)
+    exposed: Mapped[int] = mapped_column(Integer)
+
+    def __repr__(self) -> str:
+        return f"AuditRun(id={self.id!r}, targets={self.targets!r}, exposed={self.exposed!r})"
+
+
+class AuditResultRow(Base):
+    """What one audit found at one target. ``device_id`` and ``aor`` are set when the
+    target was a registered phone's address, so the portal can show the latest result next
+    to each device and registration; ``details`` holds status lines and findings, never a
+    configuration's content."""
+
+    __tablename__ = "audit_results"
+    __table_args__ = (Index(None, "host", "at"), Index(None, "device_id", "at"))
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer(), "sqlite"), primary_key=True
+    )
+    run_id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer(), "sqlite"),
+        ForeignKey("audit_runs.id", ondelete="CASCADE"),
+        index=True,
+    )
+    host: Mapped[str] = mapped_column(String(253))
+    port: Mapped[int] = mapped_column(Integer)
+    address: Mapped[str | None] = mapped_column(String(64))
+    device_id: Mapped[int | None] = mapped_column(ForeignKey("devices.id", ondelete="SET NULL"))
+    aor: Mapped[str | None] = mapped_column(String(320))
+    verdict: Mapped[str] = mapped_column(String(8))
+    exposed: Mapped[bool] = mapped_column(Boolean)
+    web_ui: Mapped[bool] = mapped_column(Boolean)
+    config: Mapped[bool] = mapped_column(Boolean)
+    details: Mapped[dict[str, Any]] = mapped_column(JSON)
+    at: Mapped[float] = mapped_column(Float)
+
+    def __repr__(self) -> str:
+        return (
+            f"AuditResultRow(id={self.id!r}, host={self.host!r}, port={self.port!r}, "
+            f"verdict={self.verdict!r})"
+        )

@@ -1,6 +1,6 @@
 """Async repositories, one module per area: inventory (tenants, lines, bindings), guard
-(bans, security events), devices (devices, tenant profiles) and fetches (fetch log,
-uploads).
+(bans, security events), devices (devices, tenant profiles), fetches (fetch log,
+uploads) and audit (the auditor's runs and results).
 
 Every query is an SQLAlchemy expression (bound parameters only) that runs on SQLite and
 PostgreSQL alike. Results are plain frozen values, never ORM objects, so callers cannot
@@ -10,6 +10,13 @@ revision in the same transaction.
 
 from ._sql import normalize_ip
 from .admin import ROLES, TOKEN_PREFIX, AdminInfo, AdminRepo, Role, TokenInfo, new_secret
+from .audit import (
+    AuditRepo,
+    AuditResultInfo,
+    AuditResultInput,
+    AuditRunInfo,
+    RegisteredAddress,
+)
 from .devices import (
     DEFAULT_CHECKSYNC_VALIDATION,
     DEFAULT_INVITE_VALIDATION,
@@ -95,6 +102,10 @@ __all__ = [
     "TOKEN_PREFIX",
     "AdminInfo",
     "AdminRepo",
+    "AuditRepo",
+    "AuditResultInfo",
+    "AuditResultInput",
+    "AuditRunInfo",
     "BanInfo",
     "BanLike",
     "BanRepo",
@@ -122,6 +133,7 @@ __all__ = [
     "ParsedAor",
     "ProfileInfo",
     "ProfileRepo",
+    "RegisteredAddress",
     "Registration",
     "ResyncInfo",
     "ResyncRepo",
