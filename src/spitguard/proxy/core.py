@@ -77,6 +77,7 @@ class ProxyConfig:
     upstream: tuple[Target, ...] = ()  # where calls to non-local destinations go
     local_hosts: tuple[str, ...] = ()  # other names/addresses that mean "us"
     user_agent: str = "spitguard"
+    max_transactions: int = 200_000  # per side; see sip.max_transactions
 
 
 @dataclass(slots=True)
@@ -102,6 +103,7 @@ class _Branch:
     cancel_wanted: bool = False
     cancelled: bool = False
     cancelled_at: float | None = None
+    cancel_key: object = None  # key of our CANCEL's client transaction, once sent
 
 
 @dataclass(slots=True, eq=False)
@@ -152,7 +154,9 @@ class Proxy:
         self.on_bindings_changed = on_bindings_changed
         self.on_auth = on_auth
         self._trusted_check = trusted
-        self.table = TransactionTable()
+        self.table = TransactionTable(
+            max_server=config.max_transactions, max_client=config.max_transactions
+        )
         self.stats = Stats()
         self._contexts: dict[object, _Context] = {}  # server tx key -> context
         self._branches: dict[object, _Branch] = {}  # client tx key -> branch
@@ -545,6 +549,7 @@ class Proxy:
         if self.table.add(tx):
             self._flows[tx.key] = b.target
             self._cancels[tx.key] = b
+            b.cancel_key = tx.key
             self._events(tx, tx.start(self.clock()), deliver=False)
 
     # --- responses ----------------------------------------------------------------------
@@ -655,14 +660,33 @@ class Proxy:
     def _forget(self, tx: ServerTransaction | ClientTransaction) -> None:
         key = tx.key
         self._flows.pop(key, None)
-        self._branches.pop(key, None)
-        self._cancels.pop(key, None)
+        branch = self._branches.pop(key, None)
+        cancelled = self._cancels.pop(key, None)
         own = self._own.pop(key, None)
         if own is not None and tx.terminated:
             own(None)
         ctx = self._contexts.get(key)
         if ctx is not None and ctx.stx is tx:
             del self._contexts[key]
+            self._release(ctx)
+        for b in (branch, cancelled):
+            if b is not None:
+                self._release(b.ctx)
+
+    def _release(self, ctx: _Context) -> None:
+        """Break the context <-> branch reference cycle once nothing can reach the
+        context any more (its server transaction and every branch's client and CANCEL
+        transactions are gone), so reference counting frees the whole call at once.
+        Left to the cyclic GC, finished calls pile up in the oldest generation and cost
+        long full collections under load."""
+        if self._contexts.get(ctx.stx.key) is ctx:
+            return
+        for b in ctx.branches:
+            if self._branches.get(b.tx.key) is b or (
+                b.cancel_key is not None and self._cancels.get(b.cancel_key) is b
+            ):
+                return
+        ctx.branches.clear()
 
     def _send(self, where: Flow | Target, data: bytes) -> None:
         if isinstance(where, Flow):
