@@ -112,12 +112,17 @@ class Message:
 
     kind: ClassVar[str]
 
+    # Header lines are (key, name as written, value) tuples, never lists: a tuple of
+    # strings is untracked by the cyclic GC, and a proxy keeps thousands of messages
+    # alive in lingering transactions, which every full collection would otherwise walk.
+    _fields: list[tuple[str, str, str]]
+
     def __init__(
         self,
         fields: Iterable[tuple[str, str]] = (),
         body: bytes = b"",
     ) -> None:
-        self._fields: list[list[str]] = [[header_key(n), n, v] for n, v in fields]
+        self._fields = [(header_key(n), n, v) for n, v in fields]
         self._body = body
         self._raw: bytes | None = None
         self._typed: dict[str, Any] = {}
@@ -154,23 +159,23 @@ class Message:
         """Replace every line of a header with one value (at the first one's place)."""
         key = header_key(name)
         text = _header_text(value)
-        out: list[list[str]] = []
+        out: list[tuple[str, str, str]] = []
         placed = False
         for f in self._fields:
             if f[0] != key:
                 out.append(f)
             elif not placed:
-                out.append([key, canonical_name(key), text])
+                out.append((key, canonical_name(key), text))
                 placed = True
         if not placed:
-            out.append([key, canonical_name(key), text])
+            out.append((key, canonical_name(key), text))
         self._fields = out
         self._changed(key)
 
     def add(self, name: str, value: object, *, first: bool = False) -> None:
         """Add a header line; with `first`, before any existing line of that header."""
         key = header_key(name)
-        entry = [key, canonical_name(key), _header_text(value)]
+        entry = (key, canonical_name(key), _header_text(value))
         if first:
             for i, f in enumerate(self._fields):
                 if f[0] == key:
@@ -189,7 +194,13 @@ class Message:
 
     # --- Via ---------------------------------------------------------------------
     def push_via(self, via: Via) -> None:
-        self.add("via", via, first=True)
+        vias = self._typed.get("via")
+        text = _header_text(via)
+        self.add("via", text, first=True)
+        if vias is not None:
+            # Every request the proxy forwards gets a Via: parse only the new line rather
+            # than all of them again at the next access (the result is the same).
+            self._typed["via"] = [*parse_vias(text), *vias]
 
     def pop_via(self) -> Via:
         """Remove and return the top Via value (splitting a comma-joined line)."""
@@ -199,9 +210,17 @@ class Message:
         top = vias[0]
         for i, f in enumerate(self._fields):
             if f[0] == "via":
+                if "," not in f[2]:
+                    # One Via on the line (the usual case; a comma may also sit in a
+                    # quoted parameter, which takes the slow path): drop the line, and
+                    # the parsed Vias below it stay valid, so keep them.
+                    del self._fields[i]
+                    self._raw = None
+                    self._typed["via"] = vias[1:]
+                    return top
                 rest = parse_vias(f[2])[1:]
                 if rest:
-                    f[2] = ", ".join(str(v) for v in rest)
+                    self._fields[i] = (f[0], f[1], ", ".join(str(v) for v in rest))
                 else:
                     del self._fields[i]
                 break
@@ -231,11 +250,11 @@ class Message:
 
     @property
     def from_(self) -> NameAddr:
-        return self._cached("from", _required_name_addr("from"))  # type: ignore[no-any-return]
+        return self._cached("from", _FROM)  # type: ignore[no-any-return]
 
     @property
     def to(self) -> NameAddr:
-        return self._cached("to", _required_name_addr("to"))  # type: ignore[no-any-return]
+        return self._cached("to", _TO)  # type: ignore[no-any-return]
 
     @property
     def call_id(self) -> str:
@@ -260,15 +279,15 @@ class Message:
 
     @property
     def routes(self) -> list[NameAddr]:
-        return self._cached("route", _name_addr_list("route"))  # type: ignore[no-any-return]
+        return self._cached("route", _ROUTES)  # type: ignore[no-any-return]
 
     @property
     def record_routes(self) -> list[NameAddr]:
-        return self._cached("record-route", _name_addr_list("record-route"))  # type: ignore[no-any-return]
+        return self._cached("record-route", _RECORD_ROUTES)  # type: ignore[no-any-return]
 
     @property
     def paths(self) -> list[NameAddr]:
-        return self._cached("path", _name_addr_list("path"))  # type: ignore[no-any-return]
+        return self._cached("path", _PATHS)  # type: ignore[no-any-return]
 
     @property
     def content_type(self) -> MediaType | None:
@@ -284,15 +303,15 @@ class Message:
 
     @property
     def supported(self) -> list[str]:
-        return self._cached("supported", _token_list("supported"))  # type: ignore[no-any-return]
+        return self._cached("supported", _SUPPORTED)  # type: ignore[no-any-return]
 
     @property
     def require(self) -> list[str]:
-        return self._cached("require", _token_list("require"))  # type: ignore[no-any-return]
+        return self._cached("require", _REQUIRE)  # type: ignore[no-any-return]
 
     @property
     def proxy_require(self) -> list[str]:
-        return self._cached("proxy-require", _token_list("proxy-require"))  # type: ignore[no-any-return]
+        return self._cached("proxy-require", _PROXY_REQUIRE)  # type: ignore[no-any-return]
 
     @property
     def user_agent(self) -> str | None:
@@ -462,6 +481,18 @@ def _token_list(key: str) -> Any:
     return parse
 
 
+# The accessors' parsers, built once: the proxy reads From, To, Route and Proxy-Require
+# of every request, and building a closure per access showed up in profiles.
+_FROM = _required_name_addr("from")
+_TO = _required_name_addr("to")
+_ROUTES = _name_addr_list("route")
+_RECORD_ROUTES = _name_addr_list("record-route")
+_PATHS = _name_addr_list("path")
+_SUPPORTED = _token_list("supported")
+_REQUIRE = _token_list("require")
+_PROXY_REQUIRE = _token_list("proxy-require")
+
+
 def _call_id(msg: Message) -> str:
     value = msg.get("call-id")
     if value is None:
@@ -570,7 +601,7 @@ def _parse(data: bytes, limits: Limits) -> Request | Response:
         raise SipParseError("bare_line_break", "")
 
     # One pass: split every header, remember each key's first value and its count.
-    fields: list[list[str]] = []
+    fields: list[tuple[str, str, str]] = []
     first: dict[str, str] = {}
     counts: dict[str, int] = {}
     vias: list[str] = []
@@ -582,7 +613,7 @@ def _parse(data: bytes, limits: Limits) -> Request | Response:
         lname = name.rstrip().lower()
         key = COMPACT.get(lname, lname)
         value = value.strip()
-        fields.append([key, name, value])
+        fields.append((key, name, value))
         keys.append(lname)
         if key in first:
             counts[key] += 1
@@ -701,10 +732,13 @@ def _validate(
     value = first.get("expires")
     if value is not None:
         typed["expires"] = parse_uint(value, MAX_UINT32, "bad_expires")
-    if "route" in counts:
-        typed["route"] = _name_addr_list("route")(msg)
-    if "record-route" in counts:
-        typed["record-route"] = _name_addr_list("record-route")(msg)
+    # Route and Record-Route are parsed now; absent ones, and an absent Proxy-Require
+    # (the proxy checks it on every request), are cached as empty so that reading them
+    # later does not scan the header list again.
+    typed["route"] = _ROUTES(msg) if "route" in counts else []
+    typed["record-route"] = _RECORD_ROUTES(msg) if "record-route" in counts else []
+    if "proxy-require" not in counts:
+        typed["proxy-require"] = []
     value = first.get("date")
     if value is not None and _DATE_RE.fullmatch(value) is None:
         raise SipParseError("bad_date", value[:40])
