@@ -392,7 +392,7 @@ class Proxy:
         return ctx
 
     def _copy_for_branch(self, req: Request, ruri: object) -> Request:
-        fwd = Request(req.method, req.uri, list(req.fields), req.body)
+        fwd = req.copy()
         if isinstance(ruri, SipUri):
             fwd.uri = ruri
         mf = req.max_forwards

@@ -134,7 +134,10 @@ _VIA_FAST = re.compile(
 )
 
 
+@lru_cache(maxsize=8192)
 def parse_via(value: str) -> Via:
+    """Parse one Via value. Cached like `parse_name_addr`: a request's Via comes back in
+    each of its responses, and the result is immutable."""
     m = _VIA_FAST.fullmatch(value)
     if m is not None:
         transport, host, port_text, ptext = m.groups()

@@ -151,6 +151,13 @@ class Message:
         """(name as written, value) for every header line."""
         return ((n, v) for _, n, v in self._fields)
 
+    def _copy_to(self, other: Message) -> None:
+        # Header lines are immutable tuples and the typed cache's values are never changed
+        # in place (edits replace them), so shallow copies of both lists are enough.
+        other._fields = list(self._fields)
+        other._body = self._body
+        other._typed = dict(self._typed)
+
     def _changed(self, key: str) -> None:
         self._raw = None
         self._typed.pop(key, None)
@@ -399,6 +406,14 @@ class Request(Message):
     def uri(self, value: Uri) -> None:
         self._uri = value
         self._raw = None
+
+    def copy(self) -> Request:
+        """A copy to modify and forward: same header lines and body, the parsed values
+        kept (a proxy forwards every request, and re-keying and re-parsing the headers
+        showed up in profiles); no defects; serialized canonically like any edit."""
+        new = Request(self.method, self._uri)
+        self._copy_to(new)
+        return new
 
     def start_line(self) -> str:
         return f"{self.method} {self._uri} SIP/2.0"
