@@ -615,32 +615,30 @@ def _parse(data: bytes, limits: Limits) -> Request | Response:
     if head.count("\n") != nlines - 1 or (eol == "\r\n" and head.count("\r") != nlines - 1):
         raise SipParseError("bare_line_break", "")
 
-    # One pass: split every header, remember each key's first value and its count.
+    # One pass: split every header, remember each key's first value and which repeat.
     fields: list[tuple[str, str, str]] = []
     first: dict[str, str] = {}
-    counts: dict[str, int] = {}
+    repeated: set[str] = set()
     vias: list[str] = []
-    keys: list[str] = []
+    compact = COMPACT
     for line in lines[1:]:
         name, colon, value = line.partition(":")
         if not colon:
             raise SipParseError("bad_header", line[:60])
         lname = name.rstrip().lower()
-        key = COMPACT.get(lname, lname)
+        key = compact.get(lname, lname)
         value = value.strip()
         fields.append((key, name, value))
-        keys.append(lname)
         if key in first:
-            counts[key] += 1
-            if key == "via":
-                vias.append(value)
+            repeated.add(key)
         else:
             first[key] = value
-            counts[key] = 1
-            if key == "via":
-                vias.append(value)
-    if keys and _NAMES_RE.fullmatch("\n".join(keys)) is None:
-        bad = next(k for k in keys if TOKEN_RE.fullmatch(k) is None)
+        if key == "via":
+            vias.append(value)
+    # Checking each key once checks every name: a name that is not its own key is a
+    # compact form (a valid token), and a key's first line comes first in `first`.
+    if first and _NAMES_RE.fullmatch("\n".join(first)) is None:
+        bad = next(k for k in first if TOKEN_RE.fullmatch(k) is None)
         raise SipParseError("bad_header_name", bad[:60])
 
     # Body framing by Content-Length; without one (UDP) the body is the rest.
@@ -651,7 +649,7 @@ def _parse(data: bytes, limits: Limits) -> Request | Response:
         raw = data
     else:
         length = parse_uint(cl, MAX_UINT32, "bad_content_length")
-        if counts["content-length"] > 1:
+        if "content-length" in repeated:
             for key, _, value in fields:
                 if (
                     key == "content-length"
@@ -671,7 +669,7 @@ def _parse(data: bytes, limits: Limits) -> Request | Response:
     msg._fields = fields
     msg._body = body
     msg._raw = raw
-    _validate(msg, first, counts, vias)
+    _validate(msg, first, repeated, vias)
     return msg
 
 
@@ -707,18 +705,19 @@ def _response_line(line: str) -> Response:
 
 
 def _validate(
-    msg: Request | Response, first: dict[str, str], counts: dict[str, int], via_lines: list[str]
+    msg: Request | Response, first: dict[str, str], repeated: set[str], via_lines: list[str]
 ) -> None:
     """Parse the headers the edge relies on now (filling the typed cache) and note
     RFC-level defects."""
     typed = msg._typed
     defects: list[str] = []
     for key in _REQUIRED:
-        if key not in counts:
+        if key not in first:
             defects.append(f"missing:{key}")
-    for key in SINGLE_VALUED:
-        if counts.get(key, 0) > 1:
-            defects.append(f"multiple:{key}")
+    if repeated:
+        for key in SINGLE_VALUED:
+            if key in repeated:
+                defects.append(f"multiple:{key}")
 
     if len(via_lines) == 1:
         vias = parse_vias(via_lines[0])
@@ -742,24 +741,30 @@ def _validate(
     value = first.get("max-forwards")
     if value is not None:
         typed["max-forwards"] = parse_uint(value, 255, "bad_max_forwards")
-    if "contact" in counts:
-        typed["contact"] = _contacts(msg)
+    value = first.get("contact")
+    if value is not None:
+        # One line (the usual case) is parsed as it is, without looking for others.
+        typed["contact"] = _contacts(msg) if "contact" in repeated else parse_contacts(value)
     value = first.get("expires")
     if value is not None:
         typed["expires"] = parse_uint(value, MAX_UINT32, "bad_expires")
     # Route and Record-Route are parsed now; absent ones, and an absent Proxy-Require
     # (the proxy checks it on every request), are cached as empty so that reading them
     # later does not scan the header list again.
-    typed["route"] = _ROUTES(msg) if "route" in counts else []
-    typed["record-route"] = _RECORD_ROUTES(msg) if "record-route" in counts else []
-    if "proxy-require" not in counts:
+    for key, parse_all in (("route", _ROUTES), ("record-route", _RECORD_ROUTES)):
+        value = first.get(key)
+        if value is None:
+            typed[key] = []
+        else:
+            typed[key] = parse_all(msg) if key in repeated else parse_name_addrs(value)
+    if "proxy-require" not in first:
         typed["proxy-require"] = []
     value = first.get("date")
     if value is not None and _DATE_RE.fullmatch(value) is None:
         raise SipParseError("bad_date", value[:40])
 
     if isinstance(msg, Request):
-        if "max-forwards" not in counts:
+        if "max-forwards" not in first:
             defects.append("missing:max-forwards")
         uri = msg.uri
         if not isinstance(uri, SipUri) and uri.scheme != "tel":
