@@ -34,6 +34,7 @@ from ..sip.transaction import (
     Deliver,
     Send,
     ServerTransaction,
+    State,
     Terminated,
     Timeout,
     TransactionTable,
@@ -56,6 +57,8 @@ log = logging.getLogger(__name__)
 DIALOG_METHODS = frozenset({"INVITE", "SUBSCRIBE", "REFER", "NOTIFY"})
 TIMER_C = 181.0  # RFC 3261 §16.6 step 11: "greater than 3 minutes"; ringing limit
 CANCEL_GRACE = 32.0  # 64*T1: a branch silent this long after our CANCEL counts as 408
+# States in which a transaction has its final response and only waits out retransmissions.
+LINGERING = frozenset({State.ACCEPTED, State.COMPLETED, State.CONFIRMED})
 
 
 class Output(Protocol):
@@ -656,6 +659,12 @@ class Proxy:
         self.table.update(tx)
         if tx.terminated:
             self._forget(tx)
+        elif tx.state in LINGERING:
+            # Lingering (up to 32 s over UDP) only to absorb or answer retransmissions:
+            # the messages it and its context hold need no parsed values any more.
+            tx.request.drop_parsed()
+            if isinstance(tx, ServerTransaction) and tx.last_response is not None:
+                tx.last_response.drop_parsed()
 
     def _forget(self, tx: ServerTransaction | ClientTransaction) -> None:
         key = tx.key

@@ -158,6 +158,13 @@ class Message:
         other._body = self._body
         other._typed = dict(self._typed)
 
+    def drop_parsed(self) -> None:
+        """Forget the parsed header values; they are parsed again if read. For messages
+        kept only to answer a retransmission: a proxy holds thousands of them for the
+        32 s its transactions linger, and their parsed values are most of the objects
+        the cyclic GC has to walk."""
+        self._typed = {}
+
     def _changed(self, key: str) -> None:
         self._raw = None
         self._typed.pop(key, None)
