@@ -166,6 +166,10 @@ class Proxy:
         self._flows: dict[object, Flow | Target] = {}  # tx key -> where it sends
         self._cancels: dict[object, _Branch] = {}  # CANCEL client tx key -> its branch
         self._own: dict[object, Callable[[Response | None], None]] = {}  # our own requests
+        # Contexts with a Timer C or a CANCELled branch, for `housekeeping`: walking every
+        # context (tens of thousands, lingering 32 s after their calls) each second cost
+        # more than all the work it found.
+        self._watched: dict[object, _Context] = {}
         self._tag_secret = tag_secret or secrets.token_bytes(16)
         self._us_hosts = {config.host.lower(), *(h.lower() for h in config.local_hosts)}
         self._us_ports = set(config.ports.values())
@@ -202,7 +206,15 @@ class Proxy:
     def housekeeping(self) -> None:
         """Coarse timers, called about once a second: Timer C (ringing too long)."""
         now = self.clock()
-        for ctx in list(self._contexts.values()):
+        for key, ctx in list(self._watched.items()):
+            if self._contexts.get(key) is not ctx:
+                del self._watched[key]  # over
+                continue
+            if ctx.timer_c is None and not any(
+                b.final is None and b.cancelled_at is not None for b in ctx.branches
+            ):
+                del self._watched[key]  # answered, and no CANCEL waits for its reply
+                continue
             for b in ctx.branches:
                 if (
                     b.final is None
@@ -243,7 +255,7 @@ class Proxy:
         if stx is not None:
             self._events(stx, stx.on_request(req, now))  # retransmission
             return
-        if any(_is_hard_defect(d) for d in req.defects):
+        if req.defects and any(_is_hard_defect(d) for d in req.defects):
             return  # no Call-ID, two To headers ...: malformed for routing, silently dropped
         _mark_received(req, flow)
         if self.table.server_full():
@@ -392,6 +404,7 @@ class Proxy:
         if req.method == "INVITE":
             self._respond(stx, req, 100)
             ctx.timer_c = self.clock() + TIMER_C
+            self._watched[stx.key] = ctx
         return ctx
 
     def _copy_for_branch(self, req: Request, ruri: object) -> Request:
@@ -547,6 +560,7 @@ class Proxy:
     def _send_cancel(self, b: _Branch) -> None:
         b.cancelled = True
         b.cancelled_at = self.clock()
+        self._watched[b.ctx.stx.key] = b.ctx
         cancel = build_cancel(b.tx.request)
         tx = new_client_transaction(cancel, reliable=b.target.transport != "udp")
         if self.table.add(tx):

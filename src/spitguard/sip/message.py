@@ -62,6 +62,8 @@ DEFAULT_LIMITS = Limits()
 SINGLE_VALUED = ("from", "to", "call-id", "cseq", "max-forwards", "content-type", "expires")
 _REQUIRED = ("via", "from", "to", "call-id", "cseq")
 _NAMES_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+(?:\n[A-Za-z0-9\-.!%*_+`'~]+)*")
+_VALID_NAMES: set[str] = set()  # lower-case header names that passed the token check
+_VALID_NAMES_MAX = 4096
 _FOLD_RE = re.compile(r"\r?\n[ \t]+")  # no leading [ \t]*: that would backtrack on long runs
 _DATE_RE = re.compile(
     r"(Mon|Tue|Wed|Thu|Fri|Sat|Sun), [0-9]{2} "
@@ -644,9 +646,14 @@ def _parse(data: bytes, limits: Limits) -> Request | Response:
             vias.append(value)
     # Checking each key once checks every name: a name that is not its own key is a
     # compact form (a valid token), and a key's first line comes first in `first`.
-    if first and _NAMES_RE.fullmatch("\n".join(first)) is None:
-        bad = next(k for k in first if TOKEN_RE.fullmatch(k) is None)
-        raise SipParseError("bad_header_name", bad[:60])
+    # Names already seen valid are remembered (a bounded set: names come from the net).
+    unseen = [k for k in first if k not in _VALID_NAMES]
+    if unseen:
+        if _NAMES_RE.fullmatch("\n".join(unseen)) is None:
+            bad = next(k for k in unseen if TOKEN_RE.fullmatch(k) is None)
+            raise SipParseError("bad_header_name", bad[:60])
+        if len(_VALID_NAMES) < _VALID_NAMES_MAX:
+            _VALID_NAMES.update(unseen)
 
     # Body framing by Content-Length; without one (UDP) the body is the rest.
     rest_len = size - body_start
