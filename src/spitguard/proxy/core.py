@@ -900,7 +900,8 @@ def _mark_received(req: Request, flow: Flow) -> None:
     else:
         return
     req.pop_via()
-    req.push_via(via._replace(params=params))
+    # The constructor, not NamedTuple._replace, which is several times slower.
+    req.push_via(Via(via.protocol, via.transport, via.host, via.port, params))
 
 
 def response_tag(req: Request, secret: bytes) -> str:

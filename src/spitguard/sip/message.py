@@ -24,6 +24,7 @@ from .errors import SipParseError
 from .grammar import TOKEN_RE, parse_uint
 from .headers import (
     BRANCH_COOKIE,
+    CANONICAL_NAMES,
     COMPACT,
     MAX_UINT32,
     ContactStar,
@@ -379,10 +380,15 @@ class Message:
         raw = self._raw
         if raw is not None:
             return raw
+        # Every forwarded message is written here: look the usual names up inline
+        # rather than calling canonical_name for each line.
+        names = CANONICAL_NAMES
         lines = [self.start_line()]
-        for key, _, value in self._fields:
-            if key != "content-length":
-                lines.append(f"{canonical_name(key)}: {value}")
+        lines += [
+            f"{names.get(key) or canonical_name(key)}: {value}"
+            for key, _, value in self._fields
+            if key != "content-length"
+        ]
         lines.append(f"Content-Length: {len(self._body)}")
         head = "\r\n".join(lines).encode("utf-8", "surrogateescape")
         return head + b"\r\n\r\n" + self._body
