@@ -165,6 +165,12 @@ class SipSettings(_Section):
     tls_key: Path | None = None
     max_message_size: Annotated[int, Field(ge=1024, le=1_048_576)] = 65535
     user_agent: Annotated[str, Field(min_length=1, max_length=256)] = "spitguard"
+    # The kernel's default UDP buffers (~208 KiB) overflow during a burst or a GC pause;
+    # the kernel caps what we ask at net.core.rmem_max / wmem_max.
+    udp_buffer_size: Annotated[int, Field(ge=65_536, le=268_435_456)] = 4_194_304
+    # Per side (server, client). UDP transactions linger 32 s (64*T1) after their final
+    # response, so this bounds the sustainable call rate: about limit / 64 calls/s.
+    max_transactions: Annotated[int, Field(ge=100, le=10_000_000)] = 200_000
 
     @model_validator(mode="after")
     def _check(self) -> SipSettings:

@@ -34,6 +34,7 @@ from ..sip.transaction import (
     Deliver,
     Send,
     ServerTransaction,
+    State,
     Terminated,
     Timeout,
     TransactionTable,
@@ -56,6 +57,8 @@ log = logging.getLogger(__name__)
 DIALOG_METHODS = frozenset({"INVITE", "SUBSCRIBE", "REFER", "NOTIFY"})
 TIMER_C = 181.0  # RFC 3261 §16.6 step 11: "greater than 3 minutes"; ringing limit
 CANCEL_GRACE = 32.0  # 64*T1: a branch silent this long after our CANCEL counts as 408
+# States in which a transaction has its final response and only waits out retransmissions.
+LINGERING = frozenset({State.ACCEPTED, State.COMPLETED, State.CONFIRMED})
 
 
 class Output(Protocol):
@@ -77,6 +80,7 @@ class ProxyConfig:
     upstream: tuple[Target, ...] = ()  # where calls to non-local destinations go
     local_hosts: tuple[str, ...] = ()  # other names/addresses that mean "us"
     user_agent: str = "spitguard"
+    max_transactions: int = 200_000  # per side; see sip.max_transactions
 
 
 @dataclass(slots=True)
@@ -102,6 +106,7 @@ class _Branch:
     cancel_wanted: bool = False
     cancelled: bool = False
     cancelled_at: float | None = None
+    cancel_key: object = None  # key of our CANCEL's client transaction, once sent
 
 
 @dataclass(slots=True, eq=False)
@@ -152,13 +157,19 @@ class Proxy:
         self.on_bindings_changed = on_bindings_changed
         self.on_auth = on_auth
         self._trusted_check = trusted
-        self.table = TransactionTable()
+        self.table = TransactionTable(
+            max_server=config.max_transactions, max_client=config.max_transactions
+        )
         self.stats = Stats()
         self._contexts: dict[object, _Context] = {}  # server tx key -> context
         self._branches: dict[object, _Branch] = {}  # client tx key -> branch
         self._flows: dict[object, Flow | Target] = {}  # tx key -> where it sends
         self._cancels: dict[object, _Branch] = {}  # CANCEL client tx key -> its branch
         self._own: dict[object, Callable[[Response | None], None]] = {}  # our own requests
+        # Contexts with a Timer C or a CANCELled branch, for `housekeeping`: walking every
+        # context (tens of thousands, lingering 32 s after their calls) each second cost
+        # more than all the work it found.
+        self._watched: dict[object, _Context] = {}
         self._tag_secret = tag_secret or secrets.token_bytes(16)
         self._us_hosts = {config.host.lower(), *(h.lower() for h in config.local_hosts)}
         self._us_ports = set(config.ports.values())
@@ -195,7 +206,15 @@ class Proxy:
     def housekeeping(self) -> None:
         """Coarse timers, called about once a second: Timer C (ringing too long)."""
         now = self.clock()
-        for ctx in list(self._contexts.values()):
+        for key, ctx in list(self._watched.items()):
+            if self._contexts.get(key) is not ctx:
+                del self._watched[key]  # over
+                continue
+            if ctx.timer_c is None and not any(
+                b.final is None and b.cancelled_at is not None for b in ctx.branches
+            ):
+                del self._watched[key]  # answered, and no CANCEL waits for its reply
+                continue
             for b in ctx.branches:
                 if (
                     b.final is None
@@ -236,7 +255,7 @@ class Proxy:
         if stx is not None:
             self._events(stx, stx.on_request(req, now))  # retransmission
             return
-        if any(_is_hard_defect(d) for d in req.defects):
+        if req.defects and any(_is_hard_defect(d) for d in req.defects):
             return  # no Call-ID, two To headers ...: malformed for routing, silently dropped
         _mark_received(req, flow)
         if self.table.server_full():
@@ -385,10 +404,11 @@ class Proxy:
         if req.method == "INVITE":
             self._respond(stx, req, 100)
             ctx.timer_c = self.clock() + TIMER_C
+            self._watched[stx.key] = ctx
         return ctx
 
     def _copy_for_branch(self, req: Request, ruri: object) -> Request:
-        fwd = Request(req.method, req.uri, list(req.fields), req.body)
+        fwd = req.copy()
         if isinstance(ruri, SipUri):
             fwd.uri = ruri
         mf = req.max_forwards
@@ -540,11 +560,13 @@ class Proxy:
     def _send_cancel(self, b: _Branch) -> None:
         b.cancelled = True
         b.cancelled_at = self.clock()
+        self._watched[b.ctx.stx.key] = b.ctx
         cancel = build_cancel(b.tx.request)
         tx = new_client_transaction(cancel, reliable=b.target.transport != "udp")
         if self.table.add(tx):
             self._flows[tx.key] = b.target
             self._cancels[tx.key] = b
+            b.cancel_key = tx.key
             self._events(tx, tx.start(self.clock()), deliver=False)
 
     # --- responses ----------------------------------------------------------------------
@@ -651,18 +673,43 @@ class Proxy:
         self.table.update(tx)
         if tx.terminated:
             self._forget(tx)
+        elif tx.state in LINGERING:
+            # Lingering (up to 32 s over UDP) only to absorb or answer retransmissions:
+            # the messages it and its context hold need no parsed values any more.
+            tx.request.drop_parsed()
+            if isinstance(tx, ServerTransaction) and tx.last_response is not None:
+                tx.last_response.drop_parsed()
 
     def _forget(self, tx: ServerTransaction | ClientTransaction) -> None:
         key = tx.key
         self._flows.pop(key, None)
-        self._branches.pop(key, None)
-        self._cancels.pop(key, None)
+        branch = self._branches.pop(key, None)
+        cancelled = self._cancels.pop(key, None)
         own = self._own.pop(key, None)
         if own is not None and tx.terminated:
             own(None)
         ctx = self._contexts.get(key)
         if ctx is not None and ctx.stx is tx:
             del self._contexts[key]
+            self._release(ctx)
+        for b in (branch, cancelled):
+            if b is not None:
+                self._release(b.ctx)
+
+    def _release(self, ctx: _Context) -> None:
+        """Break the context <-> branch reference cycle once nothing can reach the
+        context any more (its server transaction and every branch's client and CANCEL
+        transactions are gone), so reference counting frees the whole call at once.
+        Left to the cyclic GC, finished calls pile up in the oldest generation and cost
+        long full collections under load."""
+        if self._contexts.get(ctx.stx.key) is ctx:
+            return
+        for b in ctx.branches:
+            if self._branches.get(b.tx.key) is b or (
+                b.cancel_key is not None and self._cancels.get(b.cancel_key) is b
+            ):
+                return
+        ctx.branches.clear()
 
     def _send(self, where: Flow | Target, data: bytes) -> None:
         if isinstance(where, Flow):
@@ -853,7 +900,8 @@ def _mark_received(req: Request, flow: Flow) -> None:
     else:
         return
     req.pop_via()
-    req.push_via(via._replace(params=params))
+    # The constructor, not NamedTuple._replace, which is several times slower.
+    req.push_via(Via(via.protocol, via.transport, via.host, via.port, params))
 
 
 def response_tag(req: Request, secret: bytes) -> str:

@@ -49,7 +49,8 @@ class Location:
         if not bindings:
             return []
         live = [b for b in bindings.values() if b.expires_at > now]
-        live.sort(key=lambda b: -(b.q if b.q is not None else 1.0))
+        if len(live) > 1:
+            live.sort(key=lambda b: -(b.q if b.q is not None else 1.0))
         return live
 
     def get(self, aor: str, key: str) -> Binding | None:

@@ -69,9 +69,23 @@ def quote(text: str) -> str:
 
 def split_top(text: str, sep: str) -> list[str]:
     """Split on `sep` outside quoted strings and angle brackets."""
-    if '"' not in text and "<" not in text:
-        return text.split(sep)
-    parts: list[str] = []
+    if '"' not in text:
+        parts = text.split(sep)
+        if "<" not in text:
+            return parts
+        # Without quotes only the brackets matter: glue back the pieces split inside
+        # <...> (a separator splits where the running bracket depth is zero, as below).
+        # Route and Record-Route lines take this path, and a loop per character is slow.
+        out: list[str] = []
+        depth = 0
+        for part in parts:
+            if depth == 0:
+                out.append(part)
+            else:
+                out[-1] += sep + part
+            depth += part.count("<") - part.count(">")
+        return out
+    parts = []
     depth = 0
     last = 0
     i = 0

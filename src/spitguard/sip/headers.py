@@ -71,8 +71,16 @@ CANONICAL_NAMES: dict[str, str] = {
 def canonical_name(key: str) -> str:
     name = CANONICAL_NAMES.get(key)
     if name is None:
-        name = "-".join(p[:1].upper() + p[1:] for p in key.split("-"))
+        name = _capitalized(key)
     return name
+
+
+# Serializing a modified message names every header line; headers outside the table
+# (Subject, Allow, X-...) recur in every message of a call, so spelling them once pays.
+# Bounded, as header names come from the network.
+@lru_cache(maxsize=1024)
+def _capitalized(key: str) -> str:
+    return "-".join(p[:1].upper() + p[1:] for p in key.split("-"))
 
 
 def header_key(name: str) -> str:
@@ -126,7 +134,10 @@ _VIA_FAST = re.compile(
 )
 
 
+@lru_cache(maxsize=8192)
 def parse_via(value: str) -> Via:
+    """Parse one Via value. Cached like `parse_name_addr`: a request's Via comes back in
+    each of its responses, and the result is immutable."""
     m = _VIA_FAST.fullmatch(value)
     if m is not None:
         transport, host, port_text, ptext = m.groups()

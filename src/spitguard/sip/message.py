@@ -24,6 +24,7 @@ from .errors import SipParseError
 from .grammar import TOKEN_RE, parse_uint
 from .headers import (
     BRANCH_COOKIE,
+    CANONICAL_NAMES,
     COMPACT,
     MAX_UINT32,
     ContactStar,
@@ -62,6 +63,8 @@ DEFAULT_LIMITS = Limits()
 SINGLE_VALUED = ("from", "to", "call-id", "cseq", "max-forwards", "content-type", "expires")
 _REQUIRED = ("via", "from", "to", "call-id", "cseq")
 _NAMES_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+(?:\n[A-Za-z0-9\-.!%*_+`'~]+)*")
+_VALID_NAMES: set[str] = set()  # lower-case header names that passed the token check
+_VALID_NAMES_MAX = 4096
 _FOLD_RE = re.compile(r"\r?\n[ \t]+")  # no leading [ \t]*: that would backtrack on long runs
 _DATE_RE = re.compile(
     r"(Mon|Tue|Wed|Thu|Fri|Sat|Sun), [0-9]{2} "
@@ -112,12 +115,17 @@ class Message:
 
     kind: ClassVar[str]
 
+    # Header lines are (key, name as written, value) tuples, never lists: a tuple of
+    # strings is untracked by the cyclic GC, and a proxy keeps thousands of messages
+    # alive in lingering transactions, which every full collection would otherwise walk.
+    _fields: list[tuple[str, str, str]]
+
     def __init__(
         self,
         fields: Iterable[tuple[str, str]] = (),
         body: bytes = b"",
     ) -> None:
-        self._fields: list[list[str]] = [[header_key(n), n, v] for n, v in fields]
+        self._fields = [(header_key(n), n, v) for n, v in fields]
         self._body = body
         self._raw: bytes | None = None
         self._typed: dict[str, Any] = {}
@@ -146,6 +154,20 @@ class Message:
         """(name as written, value) for every header line."""
         return ((n, v) for _, n, v in self._fields)
 
+    def _copy_to(self, other: Message) -> None:
+        # Header lines are immutable tuples and the typed cache's values are never changed
+        # in place (edits replace them), so shallow copies of both lists are enough.
+        other._fields = list(self._fields)
+        other._body = self._body
+        other._typed = dict(self._typed)
+
+    def drop_parsed(self) -> None:
+        """Forget the parsed header values; they are parsed again if read. For messages
+        kept only to answer a retransmission: a proxy holds thousands of them for the
+        32 s its transactions linger, and their parsed values are most of the objects
+        the cyclic GC has to walk."""
+        self._typed = {}
+
     def _changed(self, key: str) -> None:
         self._raw = None
         self._typed.pop(key, None)
@@ -154,23 +176,23 @@ class Message:
         """Replace every line of a header with one value (at the first one's place)."""
         key = header_key(name)
         text = _header_text(value)
-        out: list[list[str]] = []
+        out: list[tuple[str, str, str]] = []
         placed = False
         for f in self._fields:
             if f[0] != key:
                 out.append(f)
             elif not placed:
-                out.append([key, canonical_name(key), text])
+                out.append((key, canonical_name(key), text))
                 placed = True
         if not placed:
-            out.append([key, canonical_name(key), text])
+            out.append((key, canonical_name(key), text))
         self._fields = out
         self._changed(key)
 
     def add(self, name: str, value: object, *, first: bool = False) -> None:
         """Add a header line; with `first`, before any existing line of that header."""
         key = header_key(name)
-        entry = [key, canonical_name(key), _header_text(value)]
+        entry = (key, canonical_name(key), _header_text(value))
         if first:
             for i, f in enumerate(self._fields):
                 if f[0] == key:
@@ -189,7 +211,13 @@ class Message:
 
     # --- Via ---------------------------------------------------------------------
     def push_via(self, via: Via) -> None:
-        self.add("via", via, first=True)
+        vias = self._typed.get("via")
+        text = _header_text(via)
+        self.add("via", text, first=True)
+        if vias is not None:
+            # Every request the proxy forwards gets a Via: parse only the new line rather
+            # than all of them again at the next access (the result is the same).
+            self._typed["via"] = [*parse_vias(text), *vias]
 
     def pop_via(self) -> Via:
         """Remove and return the top Via value (splitting a comma-joined line)."""
@@ -199,9 +227,17 @@ class Message:
         top = vias[0]
         for i, f in enumerate(self._fields):
             if f[0] == "via":
+                if "," not in f[2]:
+                    # One Via on the line (the usual case; a comma may also sit in a
+                    # quoted parameter, which takes the slow path): drop the line, and
+                    # the parsed Vias below it stay valid, so keep them.
+                    del self._fields[i]
+                    self._raw = None
+                    self._typed["via"] = vias[1:]
+                    return top
                 rest = parse_vias(f[2])[1:]
                 if rest:
-                    f[2] = ", ".join(str(v) for v in rest)
+                    self._fields[i] = (f[0], f[1], ", ".join(str(v) for v in rest))
                 else:
                     del self._fields[i]
                 break
@@ -231,11 +267,11 @@ class Message:
 
     @property
     def from_(self) -> NameAddr:
-        return self._cached("from", _required_name_addr("from"))  # type: ignore[no-any-return]
+        return self._cached("from", _FROM)  # type: ignore[no-any-return]
 
     @property
     def to(self) -> NameAddr:
-        return self._cached("to", _required_name_addr("to"))  # type: ignore[no-any-return]
+        return self._cached("to", _TO)  # type: ignore[no-any-return]
 
     @property
     def call_id(self) -> str:
@@ -260,15 +296,15 @@ class Message:
 
     @property
     def routes(self) -> list[NameAddr]:
-        return self._cached("route", _name_addr_list("route"))  # type: ignore[no-any-return]
+        return self._cached("route", _ROUTES)  # type: ignore[no-any-return]
 
     @property
     def record_routes(self) -> list[NameAddr]:
-        return self._cached("record-route", _name_addr_list("record-route"))  # type: ignore[no-any-return]
+        return self._cached("record-route", _RECORD_ROUTES)  # type: ignore[no-any-return]
 
     @property
     def paths(self) -> list[NameAddr]:
-        return self._cached("path", _name_addr_list("path"))  # type: ignore[no-any-return]
+        return self._cached("path", _PATHS)  # type: ignore[no-any-return]
 
     @property
     def content_type(self) -> MediaType | None:
@@ -284,15 +320,15 @@ class Message:
 
     @property
     def supported(self) -> list[str]:
-        return self._cached("supported", _token_list("supported"))  # type: ignore[no-any-return]
+        return self._cached("supported", _SUPPORTED)  # type: ignore[no-any-return]
 
     @property
     def require(self) -> list[str]:
-        return self._cached("require", _token_list("require"))  # type: ignore[no-any-return]
+        return self._cached("require", _REQUIRE)  # type: ignore[no-any-return]
 
     @property
     def proxy_require(self) -> list[str]:
-        return self._cached("proxy-require", _token_list("proxy-require"))  # type: ignore[no-any-return]
+        return self._cached("proxy-require", _PROXY_REQUIRE)  # type: ignore[no-any-return]
 
     @property
     def user_agent(self) -> str | None:
@@ -344,10 +380,15 @@ class Message:
         raw = self._raw
         if raw is not None:
             return raw
+        # Every forwarded message is written here: look the usual names up inline
+        # rather than calling canonical_name for each line.
+        names = CANONICAL_NAMES
         lines = [self.start_line()]
-        for key, _, value in self._fields:
-            if key != "content-length":
-                lines.append(f"{canonical_name(key)}: {value}")
+        lines += [
+            f"{names.get(key) or canonical_name(key)}: {value}"
+            for key, _, value in self._fields
+            if key != "content-length"
+        ]
         lines.append(f"Content-Length: {len(self._body)}")
         head = "\r\n".join(lines).encode("utf-8", "surrogateescape")
         return head + b"\r\n\r\n" + self._body
@@ -380,6 +421,14 @@ class Request(Message):
     def uri(self, value: Uri) -> None:
         self._uri = value
         self._raw = None
+
+    def copy(self) -> Request:
+        """A copy to modify and forward: same header lines and body, the parsed values
+        kept (a proxy forwards every request, and re-keying and re-parsing the headers
+        showed up in profiles); no defects; serialized canonically like any edit."""
+        new = Request(self.method, self._uri)
+        self._copy_to(new)
+        return new
 
     def start_line(self) -> str:
         return f"{self.method} {self._uri} SIP/2.0"
@@ -460,6 +509,18 @@ def _token_list(key: str) -> Any:
         return out
 
     return parse
+
+
+# The accessors' parsers, built once: the proxy reads From, To, Route and Proxy-Require
+# of every request, and building a closure per access showed up in profiles.
+_FROM = _required_name_addr("from")
+_TO = _required_name_addr("to")
+_ROUTES = _name_addr_list("route")
+_RECORD_ROUTES = _name_addr_list("record-route")
+_PATHS = _name_addr_list("path")
+_SUPPORTED = _token_list("supported")
+_REQUIRE = _token_list("require")
+_PROXY_REQUIRE = _token_list("proxy-require")
 
 
 def _call_id(msg: Message) -> str:
@@ -569,33 +630,36 @@ def _parse(data: bytes, limits: Limits) -> Request | Response:
     if head.count("\n") != nlines - 1 or (eol == "\r\n" and head.count("\r") != nlines - 1):
         raise SipParseError("bare_line_break", "")
 
-    # One pass: split every header, remember each key's first value and its count.
-    fields: list[list[str]] = []
+    # One pass: split every header, remember each key's first value and which repeat.
+    fields: list[tuple[str, str, str]] = []
     first: dict[str, str] = {}
-    counts: dict[str, int] = {}
+    repeated: set[str] = set()
     vias: list[str] = []
-    keys: list[str] = []
+    compact = COMPACT
     for line in lines[1:]:
         name, colon, value = line.partition(":")
         if not colon:
             raise SipParseError("bad_header", line[:60])
         lname = name.rstrip().lower()
-        key = COMPACT.get(lname, lname)
+        key = compact.get(lname, lname)
         value = value.strip()
-        fields.append([key, name, value])
-        keys.append(lname)
+        fields.append((key, name, value))
         if key in first:
-            counts[key] += 1
-            if key == "via":
-                vias.append(value)
+            repeated.add(key)
         else:
             first[key] = value
-            counts[key] = 1
-            if key == "via":
-                vias.append(value)
-    if keys and _NAMES_RE.fullmatch("\n".join(keys)) is None:
-        bad = next(k for k in keys if TOKEN_RE.fullmatch(k) is None)
-        raise SipParseError("bad_header_name", bad[:60])
+        if key == "via":
+            vias.append(value)
+    # Checking each key once checks every name: a name that is not its own key is a
+    # compact form (a valid token), and a key's first line comes first in `first`.
+    # Names already seen valid are remembered (a bounded set: names come from the net).
+    unseen = [k for k in first if k not in _VALID_NAMES]
+    if unseen:
+        if _NAMES_RE.fullmatch("\n".join(unseen)) is None:
+            bad = next(k for k in unseen if TOKEN_RE.fullmatch(k) is None)
+            raise SipParseError("bad_header_name", bad[:60])
+        if len(_VALID_NAMES) < _VALID_NAMES_MAX:
+            _VALID_NAMES.update(unseen)
 
     # Body framing by Content-Length; without one (UDP) the body is the rest.
     rest_len = size - body_start
@@ -605,7 +669,7 @@ def _parse(data: bytes, limits: Limits) -> Request | Response:
         raw = data
     else:
         length = parse_uint(cl, MAX_UINT32, "bad_content_length")
-        if counts["content-length"] > 1:
+        if "content-length" in repeated:
             for key, _, value in fields:
                 if (
                     key == "content-length"
@@ -625,7 +689,7 @@ def _parse(data: bytes, limits: Limits) -> Request | Response:
     msg._fields = fields
     msg._body = body
     msg._raw = raw
-    _validate(msg, first, counts, vias)
+    _validate(msg, first, repeated, vias)
     return msg
 
 
@@ -661,18 +725,19 @@ def _response_line(line: str) -> Response:
 
 
 def _validate(
-    msg: Request | Response, first: dict[str, str], counts: dict[str, int], via_lines: list[str]
+    msg: Request | Response, first: dict[str, str], repeated: set[str], via_lines: list[str]
 ) -> None:
     """Parse the headers the edge relies on now (filling the typed cache) and note
     RFC-level defects."""
     typed = msg._typed
     defects: list[str] = []
     for key in _REQUIRED:
-        if key not in counts:
+        if key not in first:
             defects.append(f"missing:{key}")
-    for key in SINGLE_VALUED:
-        if counts.get(key, 0) > 1:
-            defects.append(f"multiple:{key}")
+    if repeated:
+        for key in SINGLE_VALUED:
+            if key in repeated:
+                defects.append(f"multiple:{key}")
 
     if len(via_lines) == 1:
         vias = parse_vias(via_lines[0])
@@ -696,21 +761,30 @@ def _validate(
     value = first.get("max-forwards")
     if value is not None:
         typed["max-forwards"] = parse_uint(value, 255, "bad_max_forwards")
-    if "contact" in counts:
-        typed["contact"] = _contacts(msg)
+    value = first.get("contact")
+    if value is not None:
+        # One line (the usual case) is parsed as it is, without looking for others.
+        typed["contact"] = _contacts(msg) if "contact" in repeated else parse_contacts(value)
     value = first.get("expires")
     if value is not None:
         typed["expires"] = parse_uint(value, MAX_UINT32, "bad_expires")
-    if "route" in counts:
-        typed["route"] = _name_addr_list("route")(msg)
-    if "record-route" in counts:
-        typed["record-route"] = _name_addr_list("record-route")(msg)
+    # Route and Record-Route are parsed now; absent ones, and an absent Proxy-Require
+    # (the proxy checks it on every request), are cached as empty so that reading them
+    # later does not scan the header list again.
+    for key, parse_all in (("route", _ROUTES), ("record-route", _RECORD_ROUTES)):
+        value = first.get(key)
+        if value is None:
+            typed[key] = []
+        else:
+            typed[key] = parse_all(msg) if key in repeated else parse_name_addrs(value)
+    if "proxy-require" not in first:
+        typed["proxy-require"] = []
     value = first.get("date")
     if value is not None and _DATE_RE.fullmatch(value) is None:
         raise SipParseError("bad_date", value[:40])
 
     if isinstance(msg, Request):
-        if "max-forwards" not in counts:
+        if "max-forwards" not in first:
             defects.append("missing:max-forwards")
         uri = msg.uri
         if not isinstance(uri, SipUri) and uri.scheme != "tel":

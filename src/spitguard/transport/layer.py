@@ -117,8 +117,10 @@ class TransportLayer:
         tls_server: ssl.SSLContext | None = None,
         tls_client: ssl.SSLContext | None = None,
         on_send_failed: SendFailed | None = None,
+        udp_buffer_size: int | None = None,
     ) -> None:
         self.receiver = receiver
+        self.udp_buffer_size = udp_buffer_size
         self.limits = limits
         self.tls_server = tls_server
         self.tls_client = tls_client
@@ -138,10 +140,14 @@ class TransportLayer:
         """Start listening; returns the bound (host, port) (port 0 picks a free one)."""
         loop = asyncio.get_running_loop()
         if transport == "udp":
-            family = socket.AF_INET6 if ":" in host else socket.AF_INET
-            _, proto = await loop.create_datagram_endpoint(
-                lambda: _UdpProtocol(self, host, port), local_addr=(host, port), family=family
-            )
+            sock = self._udp_socket(host, port)
+            try:
+                _, proto = await loop.create_datagram_endpoint(
+                    lambda: _UdpProtocol(self, host, port), sock=sock
+                )
+            except BaseException:
+                sock.close()
+                raise
             bound = proto.local
             self._udp[bound] = proto
         elif transport in ("tcp", "tls"):
@@ -159,6 +165,35 @@ class TransportLayer:
             raise ValueError(f"unknown transport {transport!r}")
         self.listening.append((transport, bound[0], bound[1]))
         return bound[0], bound[1]
+
+    def _udp_socket(self, host: str, port: int) -> socket.socket:
+        """A bound, non-blocking UDP socket with the configured buffer sizes."""
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            size = self.udp_buffer_size
+            if size is not None:
+                for option, name in ((socket.SO_RCVBUF, "rmem"), (socket.SO_SNDBUF, "wmem")):
+                    sock.setsockopt(socket.SOL_SOCKET, option, size)
+                    # Linux doubles the value it grants (bookkeeping) and caps the request
+                    # at net.core.{r,w}mem_max: say so, or bursts get dropped silently.
+                    granted = sock.getsockopt(socket.SOL_SOCKET, option) // 2
+                    if granted < size:
+                        log.warning(
+                            "udp %s:%d: asked for a %d-byte buffer, got %d; raise "
+                            "net.core.%s_max to allow more",
+                            host,
+                            port,
+                            size,
+                            granted,
+                            name,
+                        )
+            sock.setblocking(False)
+            sock.bind((host, port))
+        except BaseException:
+            sock.close()
+            raise
+        return sock
 
     def local_address(self, transport: str) -> tuple[str, int] | None:
         for t, host, port in self.listening:
