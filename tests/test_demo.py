@@ -75,5 +75,7 @@ def test_the_demo_shows_phones_calls_and_blocked_scanners(demo: EdgeServer) -> N
         assert any(e["reason"] == "scanner" for e in events), events
 
     wait_until(
-        lambda: "demo trunk call to 1001: answered" in demo.log(), 60, "an answered trunk call"
+        lambda: "demo trunk call to 1001: answered" in demo.stderr_path.read_text(errors="replace"),
+        60,
+        "an answered trunk call",
     )

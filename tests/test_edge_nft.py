@@ -141,7 +141,7 @@ def test_without_nft_auto_keeps_dropping_in_python_and_on_refuses_to_start(
     (tmp_path / "auto").mkdir()
     (tmp_path / "on").mkdir()
     with running_edge(tmp_path / "auto", extra=missing + 'nftables = "auto"\n') as e:
-        assert "nftables ban offload disabled" in e.log()
+        assert "nftables ban offload disabled" in e.stderr_path.read_text(errors="replace")
         scanner = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         with scanner:
             scanner.bind(("127.0.66.40", 0))
