@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import logging
 
-from ..store.repos import DesiredFiles
+from ..store.repos import Compliance, DesiredFiles, Page, Scope
+from .api.schemas import DeviceOut, device_out
 from .context import WebContext
 from .errors import ApiError
 
@@ -33,3 +34,29 @@ def problem_of(ctx: WebContext, mac: str) -> str | None:
     """Why the device's configuration cannot be rendered (None when it can)."""
     entry = None if ctx.provision is None else ctx.provision.catalog.get(mac)
     return None if entry is None else entry.problem
+
+
+async def device_page(
+    ctx: WebContext,
+    scope: Scope,
+    *,
+    tenant_id: int | None,
+    q: str | None,
+    compliant: bool | None,
+    state: Compliance | None = None,
+    limit: int,
+    offset: int,
+) -> Page[DeviceOut]:
+    """One page of devices with their compliance, as the API and the portal show it."""
+    found = await ctx.store.views.devices(
+        scope,
+        await desired_files(ctx),
+        tenant_id=tenant_id,
+        q=q,
+        compliant=compliant,
+        state=state,
+        limit=limit,
+        offset=offset,
+    )
+    items = tuple(device_out(d, problem_of(ctx, d.device.mac)) for d in found.items)
+    return Page(items, found.total, limit, offset)

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Path, Query, Request
 
 from ...store.repos import Compliance, normalize_mac_or_none
 from ..auth import Auth, ctx_of, tenant_in_scope
-from ..compliance import desired_files, problem_of
+from ..compliance import desired_files, device_page, problem_of
 from ..errors import not_found
 from .params import Limit, Offset, Search, TenantName
 from .schemas import (
@@ -84,11 +84,10 @@ async def list_devices(
 ) -> DevicePage:
     """Devices with their compliance: the version of their latest successful fetch of their
     hardened file against the version the boot server would serve them now."""
-    ctx = ctx_of(request)
     tenant_id = await tenant_in_scope(request, me, tenant)
-    page = await ctx.store.views.devices(
+    page = await device_page(
+        ctx_of(request),
         me.scope,
-        await desired_files(ctx),
         tenant_id=tenant_id,
         q=q,
         compliant=compliant,
@@ -96,12 +95,7 @@ async def list_devices(
         limit=limit,
         offset=offset,
     )
-    return DevicePage(
-        items=[device_out(d, problem_of(ctx, d.device.mac)) for d in page.items],
-        total=page.total,
-        limit=limit,
-        offset=offset,
-    )
+    return DevicePage(items=list(page.items), total=page.total, limit=limit, offset=offset)
 
 
 @router.get("/devices/{mac}", response_model=DeviceOut)

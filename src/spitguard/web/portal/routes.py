@@ -11,9 +11,9 @@ from fastapi.responses import HTMLResponse
 from ...proxy.nat import EXPOSED
 from ..actions import resync, resync_targets
 from ..api.params import MAX_ID, Limit, Offset, Search, TenantName, Time
-from ..api.schemas import device_out, event_out, registration_out, trace_text
+from ..api.schemas import event_out, registration_out, trace_text
 from ..auth import Auth, OperatorAuth, Principal, authenticate, ctx_of, tenant_in_scope
-from ..compliance import desired_files, problem_of
+from ..compliance import desired_files, device_page
 from ..errors import not_found
 from . import login
 from .render import page
@@ -126,25 +126,18 @@ async def devices(
 ) -> HTMLResponse:
     tenant_id = await tenant_in_scope(request, me, tenant or None)
     ctx = ctx_of(request)
-    store = ctx.store
-    result = await store.views.devices(
-        me.scope,
-        await desired_files(ctx),
-        tenant_id=tenant_id,
-        q=q,
-        compliant=compliant,
-        limit=limit,
-        offset=offset,
+    result = await device_page(
+        ctx, me.scope, tenant_id=tenant_id, q=q, compliant=compliant, limit=limit, offset=offset
     )
     # The web UI switch is per tenant: shown for the tenant in view.
     in_view = me.user.tenant if not me.user.is_operator else (tenant or None)
-    profile = None if in_view is None else await store.profiles.get(in_view)
+    profile = None if in_view is None else await ctx.store.profiles.get(in_view)
     return page(
         request,
         "devices.html",
         here="devices",
         profile=profile,
-        rows=[device_out(d, problem_of(ctx, d.device.mac)) for d in result.items],
+        rows=result.items,
         pager=_pager(result.total, limit, offset),
         filters={"tenant": tenant or "", "q": q or "", "compliant": compliant},
     )
