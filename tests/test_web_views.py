@@ -228,3 +228,28 @@ def test_pages_and_filters_over_tens_of_thousands_of_rows(tmp_path: Path) -> Non
             await store.close()
 
     asyncio.run(body())
+
+
+def test_without_a_boot_server_compliance_is_a_clear_503_and_the_dashboard_works(
+    tmp_path: Path,
+) -> None:
+    async def body() -> None:
+        settings = Settings(data_dir=tmp_path / "var")
+        store = await open_store(settings)
+        try:
+            await store.admins.add("op", "operator-pass-123")
+            token = await store.admins.create_token("op", "t")
+            app = create_app(WebContext(settings=settings, store=store))
+            async with httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app),
+                base_url="http://portal.test",
+                headers={"Authorization": f"Bearer {token}"},
+            ) as c:
+                r = await c.get("/api/v1/devices")
+                assert r.status_code == 503 and "boot server" in r.json()["error"]
+                dash = await c.get("/")
+                assert dash.status_code == 200 and 'id="non-compliant"' not in dash.text
+        finally:
+            await store.close()
+
+    asyncio.run(body())

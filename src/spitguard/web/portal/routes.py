@@ -52,7 +52,12 @@ async def dashboard(request: Request, me: Me) -> HTMLResponse:
     ctx = ctx_of(request)
     views = ctx.store.views
     registered, exposed = await views.registration_counts(me.scope)
-    compliance = await views.compliance_counts(me.scope, await desired_files(ctx))
+    # Compliance is measured against the boot server: without one, the card is left out.
+    compliance = (
+        None
+        if ctx.provision is None
+        else await views.compliance_counts(me.scope, await desired_files(ctx))
+    )
     guard: dict[str, object] = {}
     if me.user.is_operator:
         since = ctx.wall_clock() - DAY
@@ -73,8 +78,10 @@ async def dashboard(request: Request, me: Me) -> HTMLResponse:
         here="dashboard",
         registered=registered,
         exposed=exposed,
-        non_compliant=sum(n for state, n in compliance.items() if state != "compliant"),
-        devices=sum(compliance.values()),
+        non_compliant=None
+        if compliance is None
+        else sum(n for state, n in compliance.items() if state != "compliant"),
+        devices=None if compliance is None else sum(compliance.values()),
         guard=guard,
     )
 
