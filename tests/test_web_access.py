@@ -5,6 +5,7 @@ only for guard data, CSRF on every state change with a session, and what operato
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from web_fixtures import (
     PASSWORDS,
     SCANNER_IP,
     PortalEdge,
+    cli_ok,
     login,
     portal_edge,
     register,
@@ -148,9 +150,10 @@ def test_tenant_admin_gets_nothing_of_another_tenant_through_the_api(pe: PortalE
         same_404(a, get, f"/api/v1/devices/{BETA_MAC}", f"/api/v1/devices/{MISSING_MAC}")
         hit(get, "/api/v1/devices/{mac}")
         assert a.get(hit(get, "/api/v1/compliance")).json() == {
-            "current": 0,
-            "changed": 0,
+            "compliant": 0,
+            "stale": 0,
             "never": 1,
+            "invalid": 0,
         }
         regs = a.get(hit(get, "/api/v1/registrations")).json()
         assert [r["aor"] for r in regs["items"]] == [f"sip:alice@{DOMAIN}"]
@@ -334,15 +337,46 @@ def test_operator_sees_blocked_traffic_with_its_trace_and_manages_bans(pe: Porta
         assert off == {"tenant": "beta", "web_ui": False}
 
 
-def test_resync_is_503_with_a_clear_error_until_the_edge_provides_it(pe: PortalEdge) -> None:
-    # TODO(after merge): the edge's resync is wired into WebContext; then this asserts the
-    # device fetches its configuration (see test_portal_browser.py).
-    with pe.client(token_of="op") as op:
-        r = op.post("/api/v1/actions/resync", json={"macs": [ACME_MAC]})
-        assert r.status_code == 503
-        assert "re-sync is not available" in r.json()["error"]
-        nothing = op.post("/api/v1/actions/resync", json={})
-        assert nothing.status_code == 422
-        devices = op.get("/api/v1/devices", params={"compliant": "false"}).json()
-        assert {d["mac"] for d in devices["items"]} == {ACME_MAC, BETA_MAC}
-        assert devices["items"][0]["compliance"] == "never"
+def test_resync_answers_each_devices_outcome_within_the_callers_tenant(pe: PortalEdge) -> None:
+    spare = "0004f2000a02"  # acme's, with bob's line: bob never registers
+    cli_ok(pe.edge, "device", "add", spare, "--tenant", "acme", "--line", f"1=bob@{DOMAIN}")
+    try:
+        with pe.client(token_of="acme-admin") as a:
+            r = a.post("/api/v1/actions/resync", json={"macs": [spare]})
+            assert r.status_code == 200, r.text
+            assert r.json() == {
+                "devices": [spare],
+                "outcomes": {spare: "not-registered"},
+                "summary": "1 not-registered",
+            }
+            flash = a.post("/devices/resync", data={"mac": spare})
+            assert "Re-sync of 1 device: 1 not registered." in flash.text
+            # Another tenant's device is not found, even next to one's own.
+            same_404(
+                a,
+                "POST",
+                "/api/v1/actions/resync",
+                "/api/v1/actions/resync",
+                json={"macs": [spare, BETA_MAC]},
+            )
+            same_404(
+                a,
+                "POST",
+                "/api/v1/actions/resync",
+                "/api/v1/actions/resync",
+                json={"stale": True, "tenant": "beta"},
+            )
+            # Every stale device of the caller's tenant, and of no other: alice's phone is
+            # registered but does not answer, so the answer comes after the wait, capped.
+            start = time.monotonic()
+            stale = a.post("/api/v1/actions/resync", json={"stale": True})
+            assert time.monotonic() - start < 15
+            assert stale.json()["outcomes"] == {ACME_MAC: "timeout", spare: "not-registered"}
+            assert stale.json()["summary"] == "1 timeout, 1 not-registered"
+        with pe.client(token_of="op") as op:
+            assert op.post("/api/v1/actions/resync", json={}).status_code == 422
+            devices = op.get("/api/v1/devices", params={"compliant": "false"}).json()
+            assert {d["mac"] for d in devices["items"]} == {ACME_MAC, BETA_MAC, spare}
+            assert {d["compliance"] for d in devices["items"]} == {"never"}
+    finally:
+        cli_ok(pe.edge, "device", "remove", spare)

@@ -317,10 +317,11 @@ class Edge:
             self.guard.note_auth(flow, ok, time.time())
 
     # --- push re-sync -----------------------------------------------------------------------
-    async def resync(self, macs: Sequence[str]) -> dict[str, str]:
+    async def resync(self, macs: Sequence[str], *, timeout: float | None = None) -> dict[str, str]:
         """Send check-sync to each device's registered phone through its own flow; the
         outcome per MAC: "ok", "ok-challenged", "rejected:<code>", "timeout",
-        "not-registered", "unknown-device" (or "no-credentials", "busy")."""
+        "not-registered", "unknown-device" (or "no-credentials", "busy"). Waits for the
+        answers at most `timeout` seconds (at most `provision.resync_timeout`)."""
         proxy, provision = self.proxy, self.provision
         assert proxy is not None and provision is not None
         # The phone fetches at once: the boot server must already serve what it should get.
@@ -351,7 +352,10 @@ class Edge:
             waiting[mac] = future
         self._arm_timer()
         if waiting:
-            await asyncio.wait(waiting.values(), timeout=self.settings.provision.resync_timeout)
+            limit = self.settings.provision.resync_timeout
+            await asyncio.wait(
+                waiting.values(), timeout=limit if timeout is None else min(timeout, limit)
+            )
         for mac, future in waiting.items():
             outcomes[mac] = future.result() if future.done() else "timeout"
         return {mac: outcomes[mac] for mac in dict.fromkeys(macs)}

@@ -75,9 +75,21 @@ class CatalogEntry:
 class Catalog:
     revision: int
     entries: Mapping[str, CatalogEntry]
+    _desired: dict[str, tuple[str, str]] = field(default_factory=dict, repr=False, compare=False)
 
     def get(self, mac: str) -> CatalogEntry | None:
         return self.entries.get(mac)
+
+    def desired_files(self) -> Mapping[str, tuple[str, str]]:
+        """MAC → (file name, version) of the hardened file each device should run now;
+        devices that cannot be rendered are absent. Built once per catalog (the entries
+        keep their rendered files), so whole-fleet views cost a dictionary lookup each."""
+        if not self._desired and self.entries:
+            for mac, entry in self.entries.items():
+                rendered = entry.desired()
+                if rendered is not None:
+                    self._desired[mac] = (rendered.path, rendered.version)
+        return self._desired
 
     def __len__(self) -> int:
         return len(self.entries)

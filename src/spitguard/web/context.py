@@ -9,14 +9,21 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from ..config import Settings
 from ..provision.runtime import ProvisionServer
 from ..store import Store
 
-ResyncFn = Callable[[Sequence[str]], Awaitable[dict[str, str]]]
-"""MACs in, outcome per MAC out (see `Edge.resync`: "ok", "ok-challenged", "not-registered",
-"timeout", "rejected:<code>", "unknown-device")."""
+
+class ResyncFn(Protocol):
+    """MACs in, outcome per MAC out (see `Edge.resync`: "ok", "ok-challenged",
+    "not-registered", "timeout", "rejected:<code>", "unknown-device"), waiting at most
+    `timeout` seconds (None: the configured `provision.resync_timeout`) for the phones."""
+
+    def __call__(
+        self, macs: Sequence[str], *, timeout: float | None = None
+    ) -> Awaitable[dict[str, str]]: ...
 
 
 @dataclass(slots=True)

@@ -74,8 +74,10 @@ from .inventory import (
 )
 from .resync import ResyncInfo, ResyncRepo
 from .views import (
+    COMPLIANCE_STATES,
     COMPLIANCE_TEXT,
     Compliance,
+    DesiredFiles,
     DeviceStatus,
     Page,
     Registration,
@@ -86,6 +88,7 @@ from .views import (
 
 __all__ = [
     "BANS_REVISION_KEY",
+    "COMPLIANCE_STATES",
     "COMPLIANCE_TEXT",
     "DEFAULT_CHECKSYNC_VALIDATION",
     "DEFAULT_INVITE_VALIDATION",
@@ -112,6 +115,7 @@ __all__ = [
     "BindingRecord",
     "BindingRepo",
     "Compliance",
+    "DesiredFiles",
     "DeviceImportError",
     "DeviceInfo",
     "DeviceLineInfo",

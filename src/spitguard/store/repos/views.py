@@ -8,16 +8,16 @@ Paging and filtering happen in the database: tables hold tens of thousands of ro
 from __future__ import annotations
 
 import builtins
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 from sqlalchemy import ColumnElement, Select, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from ...provision.inventory import compliance
 from ...provision.profile import InvalidDeviceConfig, normalize_mac
-from ..models import Binding, Device, Domain, FetchLogRow, Line, Tenant, TenantProfile
+from ..models import Binding, Device, Domain, FetchLogRow, Line, Tenant
 from ._sql import _check_page
 from .devices import DeviceInfo, _device_infos
 from .fetches import FetchInfo, _fetch_info
@@ -27,12 +27,18 @@ if TYPE_CHECKING:
     from ..db import Store
 
 Scope = int | None  # None: every tenant (operator); an id: that tenant only
-Compliance = Literal["current", "changed", "never"]
+Compliance = Literal["compliant", "stale", "never", "invalid"]
+COMPLIANCE_STATES: tuple[Compliance, ...] = ("compliant", "stale", "never", "invalid")
 COMPLIANCE_TEXT: dict[Compliance, str] = {
-    "current": "fetched its configuration since the last change",
-    "changed": "configuration changed since its last fetch",
+    "compliant": "runs its current configuration",
+    "stale": "runs an old configuration",
     "never": "never fetched its configuration",
+    "invalid": "its configuration cannot be rendered",
 }
+DesiredFiles = Mapping[str, tuple[str, str]]
+"""MAC → (file name, version) of the hardened file each device should run now, as the boot
+server renders it (``provision.Catalog.desired_files``); a device missing from it cannot be
+rendered ("invalid")."""
 EXPOSED_VERDICT = "directly reachable from the Internet"  # proxy.nat.EXPOSED
 MAX_PAGE = 500
 T = TypeVar("T")
@@ -55,11 +61,9 @@ class Registration:
 
 @dataclass(frozen=True, slots=True)
 class DeviceStatus:
-    """A device with what the store knows of its configuration's state.
-
-    TODO(compliance): compare the desired config version with the fetched one once the
-    boot server records desired versions; until then "current" means a successful fetch
-    after the device's and its tenant profile's last change."""
+    """A device with its latest request and its compliance: the version of its latest
+    successful fetch of its hardened file against the version it should run now (the same
+    truth as ``provision.inventory.assess`` and `spitguard device compliance`)."""
 
     device: DeviceInfo
     last_fetch: FetchInfo | None
@@ -67,7 +71,7 @@ class DeviceStatus:
 
     @property
     def compliant(self) -> bool:
-        return self.compliance == "current"
+        return self.compliance == "compliant"
 
 
 def normalize_mac_or_none(mac: str) -> str | None:
@@ -90,8 +94,9 @@ async def _count(session: AsyncSession, query: Any) -> int:
     return int(await session.scalar(select(func.count()).select_from(query.subquery())) or 0)
 
 
-def _epoch(value: datetime | None) -> float:
-    return 0.0 if value is None else value.timestamp()
+def _file_name(path: str) -> str:
+    """Fetches are compared by file name, like ``FetchLogRepo.last_success(path=...)``."""
+    return path.rsplit("/", 1)[-1].lower()
 
 
 class ViewRepo:
@@ -234,76 +239,116 @@ class ViewRepo:
     # --- devices and compliance -----------------------------------------------------------
 
     async def _compliance(
-        self, session: AsyncSession, scope: Scope, tenant_id: int | None, q: str | None
+        self,
+        session: AsyncSession,
+        desired: DesiredFiles,
+        scope: Scope,
+        tenant_id: int | None,
+        q: str | None,
     ) -> builtins.list[tuple[int, str, Compliance]]:
         """(device id, MAC, compliance) of every matching device, ordered by tenant, MAC.
-        Narrow columns only: this runs over whole fleets."""
-        last_ok = (
-            select(FetchLogRow.device_id, func.max(FetchLogRow.at).label("at"))
-            .where(FetchLogRow.status == 200, FetchLogRow.device_id.is_not(None))
-            .group_by(FetchLogRow.device_id)
-            .subquery()
-        )
-        query = (
-            select(Device.id, Device.mac, Device.updated_at, TenantProfile.updated_at, last_ok.c.at)
-            .join(Tenant, Device.tenant_id == Tenant.id)
-            .outerjoin(TenantProfile, TenantProfile.tenant_id == Device.tenant_id)
-            .outerjoin(last_ok, last_ok.c.device_id == Device.id)
-            .order_by(Tenant.name, Device.mac)
-        )
-        for tid in (scope, tenant_id):
-            if tid is not None:
-                query = query.where(Device.tenant_id == tid)
+
+        Two queries of narrow columns, whatever the fleet's size: the devices, and the
+        latest successful versioned fetch of each (device, file)."""
+        devices = select(Device.id, Device.mac).join(Tenant, Device.tenant_id == Tenant.id)
+        f = FetchLogRow
+        ranked = select(
+            f.device_id,
+            f.path,
+            f.version,
+            f.at,
+            func.row_number()
+            .over(partition_by=(f.device_id, f.path), order_by=(f.at.desc(), f.id.desc()))
+            .label("n"),
+        ).where(f.device_id.is_not(None), f.status >= 200, f.status < 300, f.version.is_not(None))
+        filters: builtins.list[ColumnElement[bool]] = [
+            Device.tenant_id == tid for tid in (scope, tenant_id) if tid is not None
+        ]
         if q:
-            query = query.where(or_(_contains(Device.mac, q), _contains(Device.label, q)))
+            filters.append(or_(_contains(Device.mac, q), _contains(Device.label, q)))
+        if filters:
+            devices = devices.where(*filters)
+            ranked = ranked.join(Device, Device.id == f.device_id).where(*filters)
+        latest_rows = ranked.subquery()
+        latest = select(
+            latest_rows.c.device_id, latest_rows.c.path, latest_rows.c.version, latest_rows.c.at
+        ).where(latest_rows.c.n == 1)
+        fetched: dict[tuple[int, str], tuple[float, str]] = {}
+        for device_id, path, version, at in await session.execute(latest):
+            key = (device_id, _file_name(path))
+            if key not in fetched or at > fetched[key][0]:
+                fetched[key] = (at, version)
         out: builtins.list[tuple[int, str, Compliance]] = []
-        for device_id, mac, dev_changed, profile_changed, fetched in await session.execute(query):
-            changed = max(_epoch(dev_changed), _epoch(profile_changed))
-            state: Compliance = (
-                "never" if fetched is None else "current" if fetched >= changed else "changed"
-            )
-            out.append((device_id, mac, state))
+        for device_id, mac in await session.execute(devices.order_by(Tenant.name, Device.mac)):
+            want = desired.get(mac)
+            if want is None:
+                out.append((device_id, mac, "invalid"))
+                continue
+            last = fetched.get((device_id, _file_name(want[0])))
+            out.append((device_id, mac, compliance(want[1], None if last is None else last[1])))
         return out
 
     async def devices(
         self,
         scope: Scope,
+        desired: DesiredFiles,
         *,
         tenant_id: int | None = None,
         q: str | None = None,
         compliant: bool | None = None,
+        state: Compliance | None = None,
         limit: int = 50,
         offset: int = 0,
     ) -> Page[DeviceStatus]:
+        """`compliant` keeps the (non-)compliant devices, `state` those in one state."""
         _check_page(limit, offset)
         async with self._store.read() as session:
-            states = await self._compliance(session, scope, tenant_id, q)
+            states = await self._compliance(session, desired, scope, tenant_id, q)
             if compliant is not None:
-                states = [s for s in states if (s[2] == "current") == compliant]
+                states = [s for s in states if (s[2] == "compliant") == compliant]
+            if state is not None:
+                states = [s for s in states if s[2] == state]
             page = states[offset : offset + limit]
             items = await self._statuses(session, page)
         return Page(items, len(states), limit, offset)
 
-    async def device(self, scope: Scope, mac: str) -> DeviceStatus | None:
+    async def device(self, scope: Scope, desired: DesiredFiles, mac: str) -> DeviceStatus | None:
         async with self._store.read() as session:
-            states = [s for s in await self._compliance(session, scope, None, mac) if s[1] == mac]
+            states = [
+                s for s in await self._compliance(session, desired, scope, None, mac) if s[1] == mac
+            ]
             items = await self._statuses(session, states)
         return items[0] if items else None
 
-    async def stale_macs(self, scope: Scope, tenant_id: int | None = None) -> builtins.list[str]:
+    async def stale_macs(
+        self, scope: Scope, desired: DesiredFiles, tenant_id: int | None = None
+    ) -> builtins.list[str]:
+        """Every device not running its current configuration (as `device resync --stale`)."""
         async with self._store.read() as session:
-            states = await self._compliance(session, scope, tenant_id, None)
-        return [mac for _, mac, state in states if state != "current"]
+            states = await self._compliance(session, desired, scope, tenant_id, None)
+        return [mac for _, mac, state in states if state != "compliant"]
 
-    async def device_macs(self, scope: Scope, tenant_id: int | None = None) -> builtins.list[str]:
+    async def device_macs(
+        self,
+        scope: Scope,
+        *,
+        tenant_id: int | None = None,
+        macs: Sequence[str] | None = None,
+    ) -> builtins.list[str]:
+        """The MACs of the devices in `scope` (of one tenant, or of those given)."""
+        query = select(Device.mac).join(Tenant, Device.tenant_id == Tenant.id)
+        for tid in (scope, tenant_id):
+            if tid is not None:
+                query = query.where(Device.tenant_id == tid)
+        if macs is not None:
+            query = query.where(Device.mac.in_(macs))
         async with self._store.read() as session:
-            states = await self._compliance(session, scope, tenant_id, None)
-        return [mac for _, mac, _ in states]
+            return list(await session.scalars(query.order_by(Tenant.name, Device.mac)))
 
-    async def compliance_counts(self, scope: Scope) -> dict[Compliance, int]:
-        counts: dict[Compliance, int] = {"current": 0, "changed": 0, "never": 0}
+    async def compliance_counts(self, scope: Scope, desired: DesiredFiles) -> dict[Compliance, int]:
+        counts: dict[Compliance, int] = dict.fromkeys(COMPLIANCE_STATES, 0)
         async with self._store.read() as session:
-            for _, _, state in await self._compliance(session, scope, None, None):
+            for _, _, state in await self._compliance(session, desired, scope, None, None):
                 counts[state] += 1
         return counts
 

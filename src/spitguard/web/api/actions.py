@@ -21,7 +21,11 @@ class ResyncIn(BaseModel):
         default_factory=list, max_length=MAX_RESYNC_MACS, description="these devices"
     )
     tenant: str | None = Field(default=None, max_length=64, description="this tenant's devices")
-    stale: bool = Field(default=False, description="only devices not on their current config")
+    stale: bool = Field(
+        default=False,
+        description="only devices not running their current configuration (stale, never, "
+        "invalid), as `spitguard device resync --stale`",
+    )
 
 
 @router.post("/actions/resync", response_model=ResyncOut)
@@ -29,11 +33,14 @@ async def resync_devices(
     request: Request, me: Auth, body: Annotated[ResyncIn, Body()]
 ) -> ResyncOut:
     """Push a re-sync (SIP NOTIFY check-sync) to devices: the listed ones, a tenant's, or
-    every stale one (of a tenant when given). 503 while the edge provides no re-sync."""
+    every stale one (of a tenant when given), at most 1000 at once (422 beyond). Answers
+    once every phone answered, or after 5 seconds ("timeout" for the silent ones); a phone
+    that accepted fetches its configuration at once. 503 when the server runs no edge."""
     ctx = ctx_of(request)
     tenant_id = await tenant_in_scope(request, me, body.tenant)
     macs = await resync_targets(ctx, me, macs=body.macs, tenant_id=tenant_id, stale=body.stale)
-    return ResyncOut(devices=macs, result=await resync(ctx, macs))
+    result = await resync(ctx, macs)
+    return ResyncOut(devices=result.devices, outcomes=result.outcomes, summary=result.summary)
 
 
 class WebUiIn(BaseModel):

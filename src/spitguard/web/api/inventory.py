@@ -6,8 +6,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request
 
-from ...store.repos import normalize_mac_or_none
+from ...store.repos import Compliance, normalize_mac_or_none
 from ..auth import Auth, ctx_of, tenant_in_scope
+from ..compliance import desired_files, device_page, problem_of
 from ..errors import not_found
 from .params import Limit, Offset, Search, TenantName
 from .schemas import (
@@ -74,31 +75,45 @@ async def list_devices(
     me: Auth,
     tenant: TenantName = None,
     q: Search = None,
-    compliant: Annotated[bool | None, Query(description="only (non-)compliant devices")] = None,
+    compliant: Annotated[
+        bool | None, Query(description="only compliant devices (true) or all others (false)")
+    ] = None,
+    compliance: Annotated[Compliance | None, Query(description="only this state")] = None,
     limit: Limit = 50,
     offset: Offset = 0,
 ) -> DevicePage:
+    """Devices with their compliance: the version of their latest successful fetch of their
+    hardened file against the version the boot server would serve them now."""
     tenant_id = await tenant_in_scope(request, me, tenant)
-    page = await ctx_of(request).store.views.devices(
-        me.scope, tenant_id=tenant_id, q=q, compliant=compliant, limit=limit, offset=offset
+    page = await device_page(
+        ctx_of(request),
+        me.scope,
+        tenant_id=tenant_id,
+        q=q,
+        compliant=compliant,
+        state=compliance,
+        limit=limit,
+        offset=offset,
     )
-    return DevicePage(
-        items=[device_out(d) for d in page.items], total=page.total, limit=limit, offset=offset
-    )
+    return DevicePage(items=list(page.items), total=page.total, limit=limit, offset=offset)
 
 
 @router.get("/devices/{mac}", response_model=DeviceOut)
 async def get_device(request: Request, me: Auth, mac: Mac) -> DeviceOut:
+    ctx = ctx_of(request)
     key = normalize_mac_or_none(mac)
-    status = None if key is None else await ctx_of(request).store.views.device(me.scope, key)
+    desired = await desired_files(ctx)
+    status = None if key is None else await ctx.store.views.device(me.scope, desired, key)
     if status is None:
         raise not_found("device")
-    return device_out(status)
+    return device_out(status, problem_of(ctx, status.device.mac))
 
 
 @router.get("/compliance", response_model=ComplianceOut)
-async def compliance(request: Request, me: Auth) -> ComplianceOut:
-    counts = await ctx_of(request).store.views.compliance_counts(me.scope)
+async def compliance_counts(request: Request, me: Auth) -> ComplianceOut:
+    """How many devices (of the caller's scope) are in each compliance state."""
+    ctx = ctx_of(request)
+    counts = await ctx.store.views.compliance_counts(me.scope, await desired_files(ctx))
     return ComplianceOut(**counts)
 
 

@@ -9,6 +9,7 @@ from ...proxy.nat import EVIDENCE_TEXT, EXPOSED, NatInfo
 from ...store.repos import (
     COMPLIANCE_TEXT,
     BanInfo,
+    Compliance,
     DeviceStatus,
     EventInfo,
     FetchInfo,
@@ -72,9 +73,16 @@ class DeviceOut(BaseModel):
     model: str | None
     label: str | None
     lines: list[str]
-    compliance: str = Field(description="current, changed (since its last fetch) or never")
+    compliance: Compliance = Field(
+        description="compliant: its latest fetch of its hardened file is the version it "
+        "should run now; stale: it fetched an older one; never: it has not fetched it; "
+        "invalid: its configuration cannot be rendered (see `problem`)"
+    )
     compliance_text: str
-    last_fetch: FetchOut | None
+    problem: str | None = Field(
+        default=None, description="why the configuration cannot be rendered (invalid only)"
+    )
+    last_fetch: FetchOut | None = Field(description="its latest request, whatever its result")
 
 
 class DevicePage(PageMeta):
@@ -82,9 +90,12 @@ class DevicePage(PageMeta):
 
 
 class ComplianceOut(BaseModel):
-    current: int
-    changed: int
+    """How many devices are in each compliance state."""
+
+    compliant: int
+    stale: int
     never: int
+    invalid: int
 
 
 class RegistrationOut(BaseModel):
@@ -166,8 +177,13 @@ class BanList(BaseModel):
 
 
 class ResyncOut(BaseModel):
-    devices: list[str]
-    result: str
+    devices: list[str] = Field(description="the devices re-synced (MACs)")
+    outcomes: dict[str, str] = Field(
+        description='outcome per MAC: "ok" (the phone accepted check-sync), "ok-challenged" '
+        '(it challenged the NOTIFY and accepted our answer), "not-registered", "timeout", '
+        '"rejected:<code>", "unknown-device", "no-credentials" or "busy"'
+    )
+    summary: str = Field(description='how many got each outcome, e.g. "2 ok, 1 not-registered"')
 
 
 class WebUiOut(BaseModel):
@@ -205,7 +221,7 @@ def fetch_out(f: FetchInfo) -> FetchOut:
     )
 
 
-def device_out(s: DeviceStatus) -> DeviceOut:
+def device_out(s: DeviceStatus, problem: str | None = None) -> DeviceOut:
     d = s.device
     return DeviceOut(
         mac=d.mac,
@@ -216,6 +232,7 @@ def device_out(s: DeviceStatus) -> DeviceOut:
         lines=[line.aor for line in d.lines],
         compliance=s.compliance,
         compliance_text=COMPLIANCE_TEXT[s.compliance],
+        problem=problem if s.compliance == "invalid" else None,
         last_fetch=None if s.last_fetch is None else fetch_out(s.last_fetch),
     )
 

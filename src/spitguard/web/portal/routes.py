@@ -11,8 +11,9 @@ from fastapi.responses import HTMLResponse
 from ...proxy.nat import EXPOSED
 from ..actions import resync, resync_targets
 from ..api.params import MAX_ID, Limit, Offset, Search, TenantName, Time
-from ..api.schemas import device_out, event_out, registration_out, trace_text
+from ..api.schemas import event_out, registration_out, trace_text
 from ..auth import Auth, OperatorAuth, Principal, authenticate, ctx_of, tenant_in_scope
+from ..compliance import desired_files, device_page
 from ..errors import not_found
 from . import login
 from .render import page
@@ -51,7 +52,12 @@ async def dashboard(request: Request, me: Me) -> HTMLResponse:
     ctx = ctx_of(request)
     views = ctx.store.views
     registered, exposed = await views.registration_counts(me.scope)
-    compliance = await views.compliance_counts(me.scope)
+    # Compliance is measured against the boot server: without one, the card is left out.
+    compliance = (
+        None
+        if ctx.provision is None
+        else await views.compliance_counts(me.scope, await desired_files(ctx))
+    )
     guard: dict[str, object] = {}
     if me.user.is_operator:
         since = ctx.wall_clock() - DAY
@@ -72,8 +78,10 @@ async def dashboard(request: Request, me: Me) -> HTMLResponse:
         here="dashboard",
         registered=registered,
         exposed=exposed,
-        non_compliant=compliance["changed"] + compliance["never"],
-        devices=sum(compliance.values()),
+        non_compliant=None
+        if compliance is None
+        else sum(n for state, n in compliance.items() if state != "compliant"),
+        devices=None if compliance is None else sum(compliance.values()),
         guard=guard,
     )
 
@@ -124,19 +132,19 @@ async def devices(
     offset: Offset = 0,
 ) -> HTMLResponse:
     tenant_id = await tenant_in_scope(request, me, tenant or None)
-    store = ctx_of(request).store
-    result = await store.views.devices(
-        me.scope, tenant_id=tenant_id, q=q, compliant=compliant, limit=limit, offset=offset
+    ctx = ctx_of(request)
+    result = await device_page(
+        ctx, me.scope, tenant_id=tenant_id, q=q, compliant=compliant, limit=limit, offset=offset
     )
     # The web UI switch is per tenant: shown for the tenant in view.
     in_view = me.user.tenant if not me.user.is_operator else (tenant or None)
-    profile = None if in_view is None else await store.profiles.get(in_view)
+    profile = None if in_view is None else await ctx.store.profiles.get(in_view)
     return page(
         request,
         "devices.html",
         here="devices",
         profile=profile,
-        rows=[device_out(d) for d in result.items],
+        rows=result.items,
         pager=_pager(result.total, limit, offset),
         filters={"tenant": tenant or "", "q": q or "", "compliant": compliant},
     )
@@ -155,8 +163,8 @@ async def resync_action(
     macs = await resync_targets(
         ctx, me, macs=[mac] if mac else [], tenant_id=tenant_id, stale=stale
     )
-    outcome = await resync(ctx, macs)
-    return page(request, "flash.html", message=f"{outcome}: {len(macs)} device(s)", error=False)
+    result = await resync(ctx, macs)
+    return page(request, "flash.html", message=result.text, error=False)
 
 
 @router.get("/events", response_class=HTMLResponse)
