@@ -49,6 +49,7 @@ from .transport.flow import Flow, FlowTokens, Target
 from .transport.layer import TransportLayer
 from .transport.tls import client_context, ensure_self_signed, server_context
 from .web import WebContext, WebServer, create_app
+from .web.provision_tls import ProvisionTlsServer, client_cert_context
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +109,7 @@ class Edge:
         self.nft: NftBans | None = None
         self.kernel_drops = 0
         self.provision: ProvisionServer | None = None
+        self.provision_tls: ProvisionTlsServer | None = None
         self._resyncs: set[asyncio.Task[None]] = set()
 
     # --- lifecycle ----------------------------------------------------------------------
@@ -225,6 +227,16 @@ class Edge:
         )
         await self.provision.start()
         self._spawn(self._resync_loop())
+        if s.provision.tls_port is not None:
+            # The edge's certificate (generated at first start unless configured).
+            ensure_self_signed(s.tls_cert_file, s.tls_key_file, s.sip.effective_advertised_host)
+            self.provision_tls = ProvisionTlsServer(
+                self.provision,
+                s.web.host,
+                s.provision.tls_port,
+                client_cert_context(s.tls_cert_file, s.tls_key_file, s.provision.tls_client_ca),
+            )
+            await self.provision_tls.start()
         if s.web.enabled:
             self.web = WebServer(create_app(self.web_context()), s.web.host, s.web.port)
             await self.web.start()
@@ -257,6 +269,8 @@ class Edge:
             await self.demo_world.stop()
         if self.web is not None:
             await self.web.stop()
+        if self.provision_tls is not None:
+            await self.provision_tls.stop()
         if self.provision is not None:
             await self.provision.stop()
         if self.metrics_server is not None:
@@ -790,6 +804,9 @@ def banner(edge: Edge) -> str:
     )
     if edge.web is not None:
         text += f"  portal:    http://{_url_host(s.web.host)}:{edge.web.port}/\n"
+    if edge.provision_tls is not None:
+        host = _url_host(s.web.host)
+        text += f"  boot TLS:  https://{host}:{edge.provision_tls.port}/provision/\n"
         if edge.demo_admin is not None:
             user, password = edge.demo_admin
             text += f"  portal login: {user} / {password}  (demo operator)\n"

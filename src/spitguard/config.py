@@ -434,6 +434,8 @@ class ProvisionSettings(_Section):
     fetch_log_flush_interval: Positive = 1.0
     resync_poll_interval: Positive = 1.0
     resync_timeout: Positive = 40.0
+    tls_port: Port | None = None
+    tls_client_ca: Path | None = None
 
 
 # --- the settings ---------------------------------------------------------------------------

@@ -90,6 +90,8 @@ class ProvisionRequest:
     user_agent: str | None = None
     authorization: str | None = field(default=None, repr=False)
     content_length: int | None = None
+    # The MAC a verified TLS client certificate names (the TLS boot port only).
+    client_mac: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -301,6 +303,11 @@ class ProvisionService:
         """None when the request proves it is ``mac``'s; otherwise the 401 to send (the
         same whether the MAC is unknown, the password wrong or the credentials another
         device's)."""
+        if req.client_mac is not None and req.client_mac == mac and entry is not None:
+            # Mutual TLS: the certificate, verified against the configured CA, names this
+            # MAC; it proves the device as the digest would.
+            self.enumeration.note_auth_success(req.source)
+            return None
         if req.authorization is None:
             return _with_log(self._challenge(now, req.source), log)
         try:
