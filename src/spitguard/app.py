@@ -804,12 +804,12 @@ def banner(edge: Edge) -> str:
     )
     if edge.web is not None:
         text += f"  portal:    http://{_url_host(s.web.host)}:{edge.web.port}/\n"
-    if edge.provision_tls is not None:
-        host = _url_host(s.web.host)
-        text += f"  boot TLS:  https://{host}:{edge.provision_tls.port}/provision/\n"
         if edge.demo_admin is not None:
             user, password = edge.demo_admin
             text += f"  portal login: {user} / {password}  (demo operator)\n"
+    if edge.provision_tls is not None:
+        host = _url_host(s.web.host)
+        text += f"  boot TLS:  https://{host}:{edge.provision_tls.port}/provision/\n"
     if edge.demo_world is not None:
         text += "  demo phones (booting from the boot server, registering through the edge):\n"
         text += "".join(f"    {p.user}  {p.ip}  {p.where}  ({p.label})\n" for p in DEMO_PHONES)
