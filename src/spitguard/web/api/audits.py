@@ -92,11 +92,9 @@ async def list_audits(
 ) -> AuditRunList:
     """Audit runs, newest first. Tenant admins see the runs of their tenant (started for
     it, by the API, the portal or `spitguard audit --registrations --tenant`)."""
-    service = audits_of(request)
+    running = audits_of(request).running  # before reading: a run stored as done stays done
     runs = await ctx_of(request).store.audits.runs(limit, scope=me.scope, offset=offset)
-    return AuditRunList(
-        items=[audit_run_out(r, service.running) for r in runs], limit=limit, offset=offset
-    )
+    return AuditRunList(items=[audit_run_out(r, running) for r in runs], limit=limit, offset=offset)
 
 
 @router.get(
@@ -106,11 +104,11 @@ async def get_audit(
     request: Request, me: Auth, audit_id: Annotated[int, Path(ge=1, le=MAX_ID)]
 ) -> AuditRunDetail:
     """One run and its results (per registered phone: verdict, web UI, configuration)."""
-    service = audits_of(request)
+    running = audits_of(request).running  # before reading: a run stored as done stays done
     store = ctx_of(request).store
     run = await store.audits.run(audit_id, scope=me.scope)
     if run is None:
         raise not_found("audit")
     results = await store.audits.results(audit_id, scope=me.scope)
-    out = audit_run_out(run, service.running)
+    out = audit_run_out(run, running)
     return AuditRunDetail(**out.model_dump(), results=[audit_result_out(r) for r in results])

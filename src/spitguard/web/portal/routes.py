@@ -267,13 +267,13 @@ async def web_ui_action(
 
 @router.get("/audits", response_class=HTMLResponse)
 async def audits(request: Request, me: Me, limit: Limit = PAGE, offset: Offset = 0) -> HTMLResponse:
-    service = audits_of(request)
+    running = audits_of(request).running  # before reading: a run stored as done stays done
     runs = await ctx_of(request).store.audits.runs(limit + 1, scope=me.scope, offset=offset)
     return page(
         request,
         "audits.html",
         here="audits",
-        rows=[audit_run_out(r, service.running) for r in runs[:limit]],
+        rows=[audit_run_out(r, running) for r in runs[:limit]],
         pager=_pager(None, limit, offset, more=len(runs) > limit),
         filters={},
     )
@@ -281,7 +281,7 @@ async def audits(request: Request, me: Me, limit: Limit = PAGE, offset: Offset =
 
 @router.get("/audits/{audit_id}", response_class=HTMLResponse)
 async def audit(request: Request, me: Me, audit_id: int) -> HTMLResponse:
-    service = audits_of(request)
+    running = audits_of(request).running  # before reading: a run stored as done stays done
     store = ctx_of(request).store
     run = await store.audits.run(audit_id, scope=me.scope) if 1 <= audit_id <= MAX_ID else None
     if run is None:
@@ -291,7 +291,7 @@ async def audit(request: Request, me: Me, audit_id: int) -> HTMLResponse:
         request,
         "audit.html",
         here="audits",
-        run=audit_run_out(run, service.running),
+        run=audit_run_out(run, running),
         results=[audit_result_out(r) for r in results],
     )
 
