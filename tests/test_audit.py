@@ -329,6 +329,56 @@ def test_store_lists_registered_addresses_and_keeps_results_per_device(tmp_path:
     with_store(tmp_path, body)
 
 
+def test_service_audits_registered_phones_once_at_a_time_scoped_per_tenant(
+    tmp_path: Path,
+) -> None:
+    from spitguard.audit import AuditBusyError, AuditOptions, AuditService
+
+    mac = "0004f2000002"
+    fast = AuditOptions(
+        web_ports=(), timing=Timing(t1=0.05, t2=0.2, retries=1, timeout=0.3), rate=500.0
+    )
+
+    async def body(store: Store) -> None:
+        acme = await store.tenants.add("acme", ["acme.test"])
+        beta = await store.tenants.add("beta", ["beta.test"])
+        await store.lines.add("1001@acme.test", tenant="acme", password="Passw0rd-1234")
+        await store.lines.add("2001@beta.test", tenant="beta", password="Passw0rd-1234")
+        await store.devices.add(mac, tenant="acme", lines=[(1, "1001@acme.test")])
+        await store.bindings.upsert(binding("sip:1001@acme.test", "127.0.1.45", 40005, 4e9))
+        service = AuditService(store, fast)
+        run = await service.start(tenant="ACME", invite=False)
+        assert service.running == run.id and run.state == "running" and run.tenant == "acme"
+        with pytest.raises(AuditBusyError, match="already running"):
+            await service.start()
+        await service.wait()
+        assert service.running is None
+        done = await store.audits.run(run.id)
+        assert done is not None and done.state == "done" and done.targets == 1
+        assert done.options["invite"] is False
+        (result,) = await store.audits.results(run.id)
+        assert (result.host, result.port, result.device) == ("127.0.1.45", 40005, mac)
+        # Tenant scope: acme sees its run and result; beta sees neither.
+        assert [r.id for r in await store.audits.runs(scope=acme.id)] == [run.id]
+        assert await store.audits.runs(scope=beta.id) == []
+        assert await store.audits.run(run.id, scope=beta.id) is None
+        assert await store.audits.results(run.id, scope=beta.id) == []
+        # Latest per address and per device, in bulk and scoped.
+        hosts = await store.audits.latest_for_hosts([("127.0.1.45", 40005), ("127.0.1.9", 1)])
+        assert list(hosts) == [("127.0.1.45", 40005)]
+        assert await store.audits.latest_for_hosts([("127.0.1.45", 40005)], scope=beta.id) == {}
+        devices = await store.audits.latest_for_devices([mac, "0004f2ffffff"], scope=acme.id)
+        assert devices[mac].verdict == result.verdict
+        # A tenant with no live registration: done at once, nothing probed.
+        empty = await service.start(tenant="beta")
+        await service.wait()
+        again = await store.audits.run(empty.id, scope=beta.id)
+        assert again is not None and again.state == "done" and again.targets == 0
+        await service.close()
+
+    with_store(tmp_path, body)
+
+
 def test_progress_bar_redraws_one_line() -> None:
     import io
 

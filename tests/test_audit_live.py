@@ -508,3 +508,77 @@ def test_registrations_are_audited_and_stored_per_device(
     assert latest.verdict == "silent" and latest.aor == "sip:1001@acme.test"
     assert (latest.host, latest.port) == (phone_ip(182), port)
     assert len(runs) == 1 and runs[0].options["source"] == scanner_ip(69)
+
+
+# --- audits started through the API of the running server -----------------------------------
+
+
+def test_an_audit_started_through_the_api_finds_the_registered_phone_answering(
+    tmp_path: Path,
+) -> None:
+    """The reference phone boots from the edge's boot server (source validation: INVITEs
+    only from the edge), registers, and an operator starts an audit with an API token. The
+    server probes from `audit.source`, an address the phone does not trust: it answers 400,
+    so the verdict is "answers", shown next to the registration and the device."""
+    from spitguard.phone import ReferencePhone
+    from web_fixtures import ACME_MAC, PASSWORDS, login, portal_edge, wait_for
+
+    source = scanner_ip(70)
+    extra = f'[audit]\nsource = "{source}"\n'
+    with portal_edge(tmp_path, extra=extra) as pe:
+        secrets = json.loads(pe.edge.cli("device", "show", ACME_MAC, "--secrets", "--json").stdout)
+
+        async def scenario() -> tuple[dict[str, Any], str, str]:
+            phone = ReferencePhone(
+                ACME_MAC,
+                ip=phone_ip(190),
+                provisioning_url=f"{pe.base}/provision",
+                prov_user=ACME_MAC,
+                prov_password=secrets["provisioning_password"],
+                user_agent="FileTransport PolycomVVX-VVX_450-UA/6.4.3.5018 Type/Application",
+            )
+            async with phone:
+                await phone.boot()
+                await phone.wait_registered(timeout=10)
+
+                def audit() -> dict[str, Any]:
+                    with pe.client(token_of="op") as op:
+                        wait_for(lambda: op.get("/api/v1/registrations").json()["total"] == 1)
+                        started = op.post("/api/v1/audits", json={})
+                        assert started.status_code == 202, started.text
+                        run_id = started.json()["id"]
+                        found: dict[str, Any] = {}
+
+                        def done() -> bool:
+                            found.update(op.get(f"/api/v1/audits/{run_id}").json())
+                            return found["state"] != "running"
+
+                        wait_for(done, timeout=60)
+                        return found
+
+                def portal() -> tuple[str, str]:
+                    with pe.client() as s:
+                        assert login(s, "op", PASSWORDS["op"]).status_code == 303
+                        return s.get("/registrations").text, s.get("/devices").text
+
+                run = await asyncio.to_thread(audit)
+                regs, devices = await asyncio.to_thread(portal)  # while still registered
+                assert phone.calls == []  # it never rang
+                assert [(r.method, r.source[0]) for r in phone.rejections] == [("INVITE", source)]
+                return run, regs, devices
+
+        run, regs, devices = asyncio.run(asyncio.wait_for(scenario(), 120))
+        assert run["state"] == "done" and run["targets"] == 1 and run["exposed"] == 1, run
+        (result,) = run["results"]
+        assert (result["host"], result["device"]) == (phone_ip(190), ACME_MAC)
+        assert result["verdict"] == "answers" and result["exposed"], result
+        udp_result = next(t for t in result["details"]["sip"] if t["transport"] == "udp")
+        assert [(r["method"], r["status"]) for r in udp_result["responses"]] == [
+            ("OPTIONS", 200),
+            ("INVITE", 400),
+        ]
+        # The portal shows the verdict next to the registration and the device.
+        row = regs[regs.index('data-aor="sip:alice@') :]
+        assert 'data-audit="answers"' in row[: row.index("</tr>")]
+        row = devices[devices.index(f'data-mac="{ACME_MAC}"') :]
+        assert 'data-audit="answers"' in row[: row.index("</tr>")]

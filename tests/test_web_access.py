@@ -42,8 +42,16 @@ PORTAL_PAGES = [
     "/events",
     "/events/1",
     "/bans",
+    "/audits",
+    "/audits/1",
 ]
-PORTAL_POSTS = ["/devices/resync", "/bans/unban", "/tenants/acme/web-ui", "/logout"]
+PORTAL_POSTS = [
+    "/devices/resync",
+    "/bans/unban",
+    "/tenants/acme/web-ui",
+    "/audits/start",
+    "/logout",
+]
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +81,27 @@ def pe(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PortalEdge]:
             sock.close()
 
 
+def finished_audit(client: httpx.Client, run_id: int) -> dict[str, Any]:
+    """Poll the run until it is no longer running (the probes' own timeouts bound it)."""
+    found: dict[str, Any] = {}
+
+    def done() -> bool:
+        found.update(client.get(f"/api/v1/audits/{run_id}").json())
+        return found["state"] != "running"
+
+    wait_for(done, timeout=60)
+    return found
+
+
+@pytest.fixture(scope="module")
+def beta_audit(pe: PortalEdge) -> dict[str, Any]:
+    """A finished audit of tenant beta's registered phones, started by an operator."""
+    with pe.client(token_of="op") as op:
+        started = op.post("/api/v1/audits", json={"tenant": "beta", "invite": False})
+        assert started.status_code == 202, started.text
+        return finished_audit(op, started.json()["id"])
+
+
 def registration_ids(pe: PortalEdge) -> dict[str, int]:
     with pe.client(token_of="op") as op:
         return {r["aor"]: r["id"] for r in op.get("/api/v1/registrations").json()["items"]}
@@ -90,6 +119,7 @@ def fill(path: str) -> str:
         .replace("{mac}", ACME_MAC)
         .replace("{registration_id}", "1")
         .replace("{event_id}", "1")
+        .replace("{audit_id}", "1")
         .replace("{source}", "127.0.66.1")
     )
 
@@ -127,7 +157,9 @@ def same_404(client: httpx.Client, method: str, foreign: str, missing: str, **kw
     assert a.text == b.text, (a.text, b.text)
 
 
-def test_tenant_admin_gets_nothing_of_another_tenant_through_the_api(pe: PortalEdge) -> None:
+def test_tenant_admin_gets_nothing_of_another_tenant_through_the_api(
+    pe: PortalEdge, beta_audit: dict[str, Any]
+) -> None:
     beta_reg = registration_ids(pe)[f"sip:{OTHER_USER}@{OTHER_DOMAIN}"]
     covered: set[tuple[str, str]] = set()
 
@@ -185,6 +217,24 @@ def test_tenant_admin_gets_nothing_of_another_tenant_through_the_api(pe: PortalE
             json={"allowed": True},
         )
         hit(post, "/api/v1/tenants/{name}/web-ui")
+        # Audits: another tenant's run answers like a missing one; its phones are not probed.
+        same_404(a, get, f"/api/v1/audits/{beta_audit['id']}", f"/api/v1/audits/{MISSING_ID}")
+        hit(get, "/api/v1/audits/{audit_id}")
+        assert beta_audit["id"] not in [
+            r["id"] for r in a.get(hit(get, "/api/v1/audits")).json()["items"]
+        ]
+        hit(post, "/api/v1/audits")
+        foreign = a.post("/api/v1/audits", json={"tenant": "beta"})
+        missing = a.post("/api/v1/audits", json={"tenant": "nope"})
+        assert foreign.status_code == missing.status_code == 404, foreign.text
+        assert foreign.text == missing.text
+        own = a.post("/api/v1/audits", json={"invite": False})
+        assert own.status_code == 202, own.text
+        assert own.json()["tenant"] == "acme" and own.json()["state"] == "running"
+        mine = finished_audit(a, own.json()["id"])
+        assert mine["state"] == "done", mine
+        assert [r["aor"] for r in mine["results"]] == [f"sip:alice@{DOMAIN}"]
+        assert [r["id"] for r in a.get("/api/v1/audits").json()["items"]] == [own.json()["id"]]
         # Blocked traffic and bans belong to no tenant: operators only.
         for method, path in [
             (get, "/api/v1/events"),
@@ -204,7 +254,9 @@ def test_tenant_admin_gets_nothing_of_another_tenant_through_the_api(pe: PortalE
     assert set(api_routes(pe)) <= covered, set(api_routes(pe)) - covered
 
 
-def test_tenant_admin_gets_nothing_of_another_tenant_in_the_portal(pe: PortalEdge) -> None:
+def test_tenant_admin_gets_nothing_of_another_tenant_in_the_portal(
+    pe: PortalEdge, beta_audit: dict[str, Any]
+) -> None:
     beta_reg = registration_ids(pe)[f"sip:{OTHER_USER}@{OTHER_DOMAIN}"]
     with pe.client() as a:
         assert login(a, "acme-admin", PASSWORDS["acme-admin"]).status_code == 303
@@ -243,6 +295,12 @@ def test_tenant_admin_gets_nothing_of_another_tenant_in_the_portal(pe: PortalEdg
         a.post("/tenants/acme/web-ui", data={"allowed": "false"}, headers=headers)
         for path in ("/events", "/events/1", "/bans"):
             assert a.get(path).status_code == 403, path
+        same_404(a, "GET", f"/audits/{beta_audit['id']}", f"/audits/{MISSING_ID}")
+        assert f'data-run="{beta_audit["id"]}"' not in a.get("/audits").text
+        foreign = a.post("/audits/start", data={"tenant": "beta"}, headers=headers)
+        missing = a.post("/audits/start", data={"tenant": "nope"}, headers=headers)
+        assert foreign.status_code == missing.status_code == 404, foreign.text
+        assert foreign.text == missing.text
         assert (
             a.post("/bans/unban", data={"source": "127.0.66.1"}, headers=headers).status_code == 403
         )
@@ -380,3 +438,57 @@ def test_resync_answers_each_devices_outcome_within_the_callers_tenant(pe: Porta
             assert {d["compliance"] for d in devices["items"]} == {"never"}
     finally:
         cli_ok(pe.edge, "device", "remove", spare)
+
+
+# --- audits of the registered phones ----------------------------------------------------------
+
+
+def row_of(html: str, marker: str) -> str:
+    """The table row holding `marker` (a data- attribute)."""
+    start = html.index(marker)
+    return html[html.rindex("<tr", 0, start) : html.index("</tr>", start)]
+
+
+def test_audits_run_one_at_a_time_and_show_next_to_registrations_and_devices(
+    pe: PortalEdge, beta_audit: dict[str, Any]
+) -> None:
+    alice, bert = f"sip:alice@{DOMAIN}", f"sip:{OTHER_USER}@{OTHER_DOMAIN}"
+    (result,) = beta_audit["results"]
+    assert (result["aor"], result["device"], result["host"]) == (bert, BETA_MAC, "127.0.1.11")
+    # The test phones never answer: silent, no web UI, no configuration.
+    assert result["verdict"] == "silent" and not result["exposed"], result
+    assert not result["web_ui"] and not result["config"] and result["at"] > 0
+    assert beta_audit["state"] == "done" and beta_audit["finished_at"] is not None
+    assert beta_audit["tenant"] == "beta" and beta_audit["invite"] is False
+    with pe.client(token_of="op") as op:
+        assert op.post("/api/v1/audits", json={"invite": "maybe"}).status_code == 422
+        first = op.post("/api/v1/audits", json={"invite": False})
+        assert first.status_code == 202, first.text
+        busy = op.post("/api/v1/audits", json={})
+        assert busy.status_code == 409 and "already running" in busy.json()["error"], busy.text
+        run = finished_audit(op, first.json()["id"])
+        assert run["state"] == "done" and run["tenant"] is None and run["targets"] == 2, run
+        assert {r["aor"] for r in run["results"]} == {alice, bert}
+        assert {r["verdict"] for r in run["results"]} == {"silent"}
+        runs = op.get("/api/v1/audits").json()["items"]
+        assert runs[0]["id"] == run["id"] and beta_audit["id"] in [r["id"] for r in runs]
+    with pe.client() as s:
+        assert login(s, "op", PASSWORDS["op"]).status_code == 303
+        csrf = session_csrf(s)
+        regs = s.get("/registrations").text
+        for aor in (alice, bert):
+            assert 'data-audit="silent"' in row_of(regs, f'data-aor="{aor}"'), aor
+        devices = s.get("/devices").text
+        for mac in (ACME_MAC, BETA_MAC):
+            assert 'data-audit="silent"' in row_of(devices, f'data-mac="{mac}"'), mac
+        detail = s.get(f"/registrations/{registration_ids(pe)[bert]}").text
+        assert 'data-audit="silent"' in detail
+        assert f'data-run="{run["id"]}"' in s.get("/audits").text
+        page = s.get(f"/audits/{run['id']}").text
+        assert f'data-aor="{alice}"' in page and 'data-verdict="silent"' in page
+        # The portal's button: CSRF-protected like every other action.
+        started = s.post("/audits/start", data={"invite": "false"}, headers={"X-CSRF-Token": csrf})
+        assert started.status_code == 200 and "started" in started.text, started.text
+        with pe.client(token_of="op") as op:
+            latest = op.get("/api/v1/audits").json()["items"][0]
+            assert finished_audit(op, latest["id"])["state"] == "done"

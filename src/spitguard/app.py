@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from . import __version__
+from .audit import AuditOptions, AuditService
 from .config import ConfigError, Settings
 from .demo import ensure_demo, ensure_demo_admin
 from .demo_world import (
@@ -111,6 +112,7 @@ class Edge:
         self.provision: ProvisionServer | None = None
         self.provision_tls: ProvisionTlsServer | None = None
         self._resyncs: set[asyncio.Task[None]] = set()
+        self.audits: AuditService | None = None
 
     # --- lifecycle ----------------------------------------------------------------------
     async def start(self) -> None:
@@ -259,8 +261,18 @@ class Edge:
 
     def web_context(self) -> WebContext:
         assert self.store is not None
+        if self.audits is None:
+            # Audits started through the API or the portal: registered phones only.
+            a = self.settings.audit
+            self.audits = AuditService(
+                self.store, AuditOptions(source=a.source), max_targets=a.max_targets
+            )
         return WebContext(
-            settings=self.settings, store=self.store, provision=self.provision, resync=self.resync
+            settings=self.settings,
+            store=self.store,
+            provision=self.provision,
+            resync=self.resync,
+            audits=self.audits,
         )
 
     async def stop(self) -> None:
@@ -271,6 +283,8 @@ class Edge:
             await self.web.stop()
         if self.provision_tls is not None:
             await self.provision_tls.stop()
+        if self.audits is not None:
+            await self.audits.close()
         if self.provision is not None:
             await self.provision.stop()
         if self.metrics_server is not None:

@@ -291,7 +291,8 @@ async def _main(args: argparse.Namespace, options: AuditOptions, targets: list[T
         if store is not None and not args.no_store:
             from .audit.storage import record_results
 
-            await record_results(store, results, options, started_at=started)
+            tenant = args.tenant if args.registrations and not args.targets else None
+            await record_results(store, results, options, started_at=started, tenant=tenant)
     finally:
         if store is not None:
             await store.close()

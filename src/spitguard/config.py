@@ -108,6 +108,13 @@ def _split_list(value: Any) -> Any:
     return [item.strip() for item in text.split(",") if item.strip()]
 
 
+def _check_ip(value: str) -> str:
+    try:
+        return str(ipaddress.ip_address(value.strip()))
+    except ValueError:
+        raise ValueError("must be an IP address of this host, e.g. 192.0.2.7") from None
+
+
 Port = Annotated[int, AfterValidator(_check_port)]
 Host = Annotated[str, AfterValidator(_check_host)]
 Positive = Annotated[float, Field(gt=0)]
@@ -438,6 +445,15 @@ class ProvisionSettings(_Section):
     tls_client_ca: Path | None = None
 
 
+class AuditSettings(_Section):
+    """Audits the server starts through the API or the portal (registered phones only)."""
+
+    # Send from this local address: phones trust the edge's own address, so an audit sent
+    # from it would find validated phones ringing; give one the phones do not trust.
+    source: Annotated[str, AfterValidator(_check_ip)] | None = None
+    max_targets: Annotated[int, Field(ge=1, le=100_000)] = 256
+
+
 # --- the settings ---------------------------------------------------------------------------
 
 
@@ -462,6 +478,7 @@ class Settings(BaseSettings):
     firewall: FirewallSettings = Field(default_factory=FirewallSettings)
     web: WebSettings = Field(default_factory=WebSettings)
     provision: ProvisionSettings = Field(default_factory=ProvisionSettings)
+    audit: AuditSettings = Field(default_factory=AuditSettings)
 
     @classmethod
     def settings_customise_sources(

@@ -15,6 +15,7 @@ from .pacing import DEFAULT_BURST, DEFAULT_RATE, Pacer
 from .plan import plan
 from .results import VERDICTS, HttpFinding, SeenResponse, SipVerdict, TargetResult, TransportResult
 from .runner import DEFAULT_USER_AGENT, AuditError, AuditOptions, run_audit
+from .service import AuditBusyError, AuditService
 from .sip_probe import SipProbe, Timing
 from .storage import record_results, registered_targets
 from .targets import DEFAULT_MAX_TARGETS, Target, TargetError, expand_targets, parse_target
@@ -27,8 +28,10 @@ __all__ = [
     "DEFAULT_USER_AGENT",
     "DEFAULT_WEB_PORTS",
     "VERDICTS",
+    "AuditBusyError",
     "AuditError",
     "AuditOptions",
+    "AuditService",
     "HttpFinding",
     "Pacer",
     "SeenResponse",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..store.repos import AuditResultInput, AuditRunInfo
 from .results import TargetResult
@@ -18,7 +18,13 @@ from .targets import Target
 if TYPE_CHECKING:
     from ..store import Store
 
-__all__ = ["record_results", "registered_targets"]
+__all__ = ["record_results", "registered_targets", "run_options"]
+
+
+def run_options(options: AuditOptions, tenant: str | None, state: str) -> dict[str, Any]:
+    """What a run stores of its options: the probe settings, the tenant audited (None: all
+    tenants or other targets) and its state ("running", "done" or "failed")."""
+    return {**options.to_json(), "tenant": tenant, "state": state}
 
 
 async def registered_targets(
@@ -37,12 +43,19 @@ async def record_results(
     *,
     started_at: float,
     finished_at: float | None = None,
+    tenant: str | None = None,
+    run_id: int | None = None,
 ) -> AuditRunInfo:
-    """One audit run with one result per target (linked to the device when known)."""
+    """One audit run with one result per target (linked to the device when known).
+
+    `tenant`: the run audited that tenant's registered phones (its admins see the run);
+    `run_id`: complete the run `run_options` began (`store.audits.begin`) instead of
+    storing a new one."""
     return await store.audits.record(
         started_at=started_at,
         finished_at=time.time() if finished_at is None else finished_at,
-        options=options.to_json(),
+        options=run_options(options, tenant, "done"),
+        run_id=run_id,
         results=[
             AuditResultInput(
                 host=r.target.host,

@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from ..audit import AuditService
 from ..config import Settings
 from ..provision.runtime import ProvisionServer
 from ..store import Store
@@ -35,3 +36,6 @@ class WebContext:
     provision: ProvisionServer | None = None
     # Push a check-sync NOTIFY to registered phones now (the running edge does it).
     resync: ResyncFn | None = None
+    # Audits of the registered phones started from the API or the portal (None: not
+    # offered, the endpoints answer 503).
+    audits: AuditService | None = None

@@ -12,14 +12,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, func, or_, select, true
 
-from ..errors import InvalidInputError, UnknownTenantError
+from ..errors import InvalidInputError, NotFoundError, UnknownTenantError
 from ..models import AuditResultRow, AuditRun, Binding, Device, DeviceLine, Line, Tenant
 from ._sql import _check_page
 
 if TYPE_CHECKING:
     from ..db import Store
+
+Scope = int | None  # None: every tenant (operator); an id: that tenant only
 
 _VERDICTS = ("rings", "answers", "silent")
 
@@ -75,6 +77,39 @@ class AuditRunInfo:
     options: Mapping[str, Any]
     targets: int
     exposed: int
+
+    @property
+    def tenant(self) -> str | None:
+        """The tenant whose registered phones the run audited (None: all, or other targets)."""
+        value = self.options.get("tenant")
+        return value if isinstance(value, str) else None
+
+    @property
+    def state(self) -> str:
+        """ "running" (begun, no results yet), "done" or "failed"."""
+        value = self.options.get("state")
+        return value if isinstance(value, str) else "done"
+
+
+def _visible(scope: Scope) -> ColumnElement[bool]:
+    """Results a scope may see: an operator all; a tenant admin those of their tenant's
+    devices and lines (results of other targets carry neither, so only operators see them).
+    Needs Device outer-joined on the result's device."""
+    if scope is None:
+        return true()
+    return or_(
+        Device.tenant_id == scope,
+        AuditResultRow.aor.in_(select(Line.aor).where(Line.tenant_id == scope)),
+    )
+
+
+def _run_visible(scope: Scope) -> ColumnElement[bool]:
+    """Runs a scope may see: an operator all; a tenant admin the runs of their tenant."""
+    if scope is None:
+        return true()
+    name = select(Tenant.name).where(Tenant.id == scope).scalar_subquery()
+    condition: ColumnElement[bool] = AuditRun.options["tenant"].as_string() == name
+    return condition
 
 
 def _run_info(row: AuditRun) -> AuditRunInfo:
@@ -157,8 +192,10 @@ class AuditRepo:
         finished_at: float,
         options: Mapping[str, Any],
         results: Sequence[AuditResultInput],
+        run_id: int | None = None,
     ) -> AuditRunInfo:
-        """Store one audit and its results in one transaction."""
+        """Store one audit and its results in one transaction; with `run_id`, complete the
+        run `begin` stored (its options replaced by these)."""
         for r in results:
             if r.verdict not in _VERDICTS:
                 raise InvalidInputError(f"unknown audit verdict {r.verdict!r}")
@@ -170,15 +207,26 @@ class AuditRepo:
                     select(Device.mac, Device.id).where(Device.mac.in_(macs))
                 )
                 ids = {str(mac): int(device_id) for mac, device_id in found}
-            run = AuditRun(
-                started_at=started_at,
-                finished_at=finished_at,
-                options=dict(options),
-                targets=len(results),
-                exposed=sum(1 for r in results if r.exposed),
-            )
-            session.add(run)
-            await session.flush()
+            exposed = sum(1 for r in results if r.exposed)
+            if run_id is None:
+                run = AuditRun(
+                    started_at=started_at,
+                    finished_at=finished_at,
+                    options=dict(options),
+                    targets=len(results),
+                    exposed=exposed,
+                )
+                session.add(run)
+                await session.flush()
+            else:
+                begun = await session.get(AuditRun, run_id)
+                if begun is None:
+                    raise NotFoundError(f"audit run {run_id} not found")
+                run = begun
+                run.finished_at = finished_at
+                run.options = dict(options)
+                run.targets = len(results)
+                run.exposed = exposed
             session.add_all(
                 AuditResultRow(
                     run_id=run.id,
@@ -198,16 +246,81 @@ class AuditRepo:
             )
             return _run_info(run)
 
-    async def runs(self, limit: int = 20) -> builtins.list[AuditRunInfo]:
-        """The latest runs, newest first."""
-        _check_page(limit)
-        async with self._store.read() as session:
-            rows = await session.scalars(select(AuditRun).order_by(AuditRun.id.desc()).limit(limit))
-            return [_run_info(r) for r in rows]
+    async def begin(self, *, started_at: float, options: Mapping[str, Any]) -> AuditRunInfo:
+        """Store a run that has only started (no results yet), so it has an id to report;
+        `record(run_id=...)` completes it."""
+        async with self._store.write() as session:
+            run = AuditRun(
+                started_at=started_at,
+                finished_at=started_at,
+                options=dict(options),
+                targets=0,
+                exposed=0,
+            )
+            session.add(run)
+            await session.flush()
+            return _run_info(run)
 
-    async def results(self, run_id: int) -> builtins.list[AuditResultInfo]:
-        """One run's results, in the order they were recorded."""
-        return await self._results(AuditResultRow.run_id == run_id)
+    async def runs(
+        self, limit: int = 20, *, scope: Scope = None, offset: int = 0
+    ) -> builtins.list[AuditRunInfo]:
+        """The latest runs visible in `scope`, newest first."""
+        _check_page(limit, offset)
+        query = (
+            select(AuditRun)
+            .where(_run_visible(scope))
+            .order_by(AuditRun.id.desc())
+            .limit(limit)
+            .offset(offset)
+        )
+        async with self._store.read() as session:
+            return [_run_info(r) for r in await session.scalars(query)]
+
+    async def run(self, run_id: int, *, scope: Scope = None) -> AuditRunInfo | None:
+        """One run, if visible in `scope` (None for unknown and foreign alike)."""
+        query = select(AuditRun).where(AuditRun.id == run_id, _run_visible(scope))
+        async with self._store.read() as session:
+            row = await session.scalar(query)
+            return None if row is None else _run_info(row)
+
+    async def results(self, run_id: int, *, scope: Scope = None) -> builtins.list[AuditResultInfo]:
+        """One run's results visible in `scope`, in the order they were recorded."""
+        return await self._results(AuditResultRow.run_id == run_id, _visible(scope))
+
+    async def latest_for_hosts(
+        self, addresses: Sequence[tuple[str, int]], *, scope: Scope = None
+    ) -> dict[tuple[str, int], AuditResultInfo]:
+        """The newest visible result for each (host, port), in bulk: for a page of
+        registrations. Addresses never audited are left out."""
+        hosts = sorted({h for h, _ in addresses})
+        if not hosts:
+            return {}
+        newest = (
+            select(func.max(AuditResultRow.id))
+            .outerjoin(Device, Device.id == AuditResultRow.device_id)
+            .where(AuditResultRow.host.in_(hosts), _visible(scope))
+            .group_by(AuditResultRow.host, AuditResultRow.port)
+        )
+        wanted = set(addresses)
+        found = await self._results(AuditResultRow.id.in_(newest))
+        return {(r.host, r.port): r for r in found if (r.host, r.port) in wanted}
+
+    async def latest_for_devices(
+        self, macs: Sequence[str], *, scope: Scope = None
+    ) -> dict[str, AuditResultInfo]:
+        """The newest visible result for each device (by MAC), in bulk: for a page of
+        devices. Devices never audited are left out."""
+        keys = sorted({m.lower() for m in macs})
+        if not keys:
+            return {}
+        newest = (
+            select(func.max(AuditResultRow.id))
+            .join(Device, Device.id == AuditResultRow.device_id)
+            .where(Device.mac.in_(keys), _visible(scope))
+            .group_by(AuditResultRow.device_id)
+        )
+        found = await self._results(AuditResultRow.id.in_(newest))
+        return {r.device: r for r in found if r.device is not None}
 
     async def latest_for_host(self, host: str, port: int | None = None) -> AuditResultInfo | None:
         """The newest result for an address (any port unless given): for registrations."""

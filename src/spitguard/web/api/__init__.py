@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from . import actions, guard, inventory, registrations, session
+from . import actions, audits, guard, inventory, registrations, session
 from .schemas import ErrorOut
 
 _ERRORS: dict[int | str, dict[str, object]] = {
@@ -20,6 +20,6 @@ _ERRORS: dict[int | str, dict[str, object]] = {
 
 def api_router() -> APIRouter:
     router = APIRouter(prefix="/api/v1", responses=_ERRORS)
-    for module in (session, inventory, registrations, guard, actions):
+    for module in (session, inventory, registrations, guard, actions, audits):
         router.include_router(module.router)
     return router

@@ -3,11 +3,15 @@ field here to leak through: line passwords, device passwords, hashes."""
 
 from __future__ import annotations
 
+from typing import Any, Literal
+
 from pydantic import BaseModel, Field
 
 from ...proxy.nat import EVIDENCE_TEXT, EXPOSED, NatInfo
 from ...store.repos import (
     COMPLIANCE_TEXT,
+    AuditResultInfo,
+    AuditRunInfo,
     BanInfo,
     Compliance,
     DeviceStatus,
@@ -191,6 +195,59 @@ class WebUiOut(BaseModel):
     web_ui: bool
 
 
+AuditVerdict = Literal["rings", "answers", "silent"]
+AuditState = Literal["running", "done", "failed", "interrupted"]
+
+
+class AuditResultOut(BaseModel):
+    """What one audit found at one registered phone's public address."""
+
+    run_id: int
+    host: str
+    port: int
+    address: str | None = Field(description="the IP address probed")
+    aor: str | None = Field(description="the registration's address of record")
+    device: str | None = Field(description="MAC of the device carrying that line, if known")
+    verdict: AuditVerdict = Field(
+        description="rings: a stranger's INVITE made it ring; answers: it responded (e.g. "
+        "400), so a scanner learns it is there; silent: no response (best)"
+    )
+    exposed: bool = Field(description="rings, answers, a web UI or a configuration")
+    web_ui: bool = Field(description="a web UI (login page) answered on 80, 443 or 8080")
+    config: bool = Field(description="a provisioning path handed out a configuration")
+    at: float = Field(description="when the audit finished (epoch seconds)")
+    details: dict[str, Any] = Field(
+        default_factory=dict,
+        description="per transport responses and trace, web findings: as `spitguard audit "
+        "--json` prints them (never a configuration's content)",
+    )
+
+
+class AuditRunOut(BaseModel):
+    id: int
+    state: AuditState = Field(
+        description="running; done; failed (see `error`); interrupted (the server stopped "
+        "before it was done)"
+    )
+    tenant: str | None = Field(description="the tenant whose phones it audited (None: all)")
+    invite: bool = Field(description="whether INVITEs were sent (False: OPTIONS only)")
+    started_at: float
+    finished_at: float | None = Field(description="None while running")
+    targets: int
+    exposed: int
+    error: str | None = None
+
+
+class AuditRunList(BaseModel):
+    items: list[AuditRunOut]
+    limit: int
+    offset: int
+
+
+class AuditRunDetail(AuditRunOut):
+    results: list[AuditResultOut]
+
+
 class MeOut(BaseModel):
     username: str
     role: str
@@ -291,4 +348,45 @@ def ban_out(b: BanInfo) -> BanOut:
         reason=b.reason,
         created_at=b.created_at,
         manual=b.manual,
+    )
+
+
+_STATES: dict[str, AuditState] = {"running": "running", "done": "done", "failed": "failed"}
+_VERDICTS: dict[str, AuditVerdict] = {"rings": "rings", "answers": "answers", "silent": "silent"}
+
+
+def audit_run_out(run: AuditRunInfo, running: int | None) -> AuditRunOut:
+    """A run as the API shows it; `running` is the id of the run under way on this server."""
+    state: AuditState = _STATES.get(run.state, "done")
+    if state == "running" and run.id != running:
+        state = "interrupted"
+    error = run.options.get("error")
+    return AuditRunOut(
+        id=run.id,
+        state=state,
+        tenant=run.tenant,
+        invite=bool(run.options.get("invite", True)),
+        started_at=run.started_at,
+        finished_at=None if state in ("running", "interrupted") else run.finished_at,
+        targets=run.targets,
+        exposed=run.exposed,
+        error=error if isinstance(error, str) else None,
+    )
+
+
+def audit_result_out(r: AuditResultInfo) -> AuditResultOut:
+    details = {k: v for k, v in r.details.items() if k in ("sip", "http", "error")}
+    return AuditResultOut(
+        run_id=r.run_id,
+        host=r.host,
+        port=r.port,
+        address=r.address,
+        aor=r.aor,
+        device=r.device,
+        verdict=_VERDICTS.get(r.verdict, "answers"),
+        exposed=r.exposed,
+        web_ui=r.web_ui,
+        config=r.config,
+        at=r.at,
+        details=details,
     )

@@ -10,8 +10,15 @@ from fastapi.responses import HTMLResponse
 
 from ...proxy.nat import EXPOSED
 from ..actions import resync, resync_targets
+from ..api.audits import audits_of, start_audit
 from ..api.params import MAX_ID, Limit, Offset, Search, TenantName, Time
-from ..api.schemas import event_out, registration_out, trace_text
+from ..api.schemas import (
+    audit_result_out,
+    audit_run_out,
+    event_out,
+    registration_out,
+    trace_text,
+)
 from ..auth import Auth, OperatorAuth, Principal, authenticate, ctx_of, tenant_in_scope
 from ..compliance import desired_files, device_page
 from ..errors import not_found
@@ -97,14 +104,20 @@ async def registrations(
     offset: Offset = 0,
 ) -> HTMLResponse:
     tenant_id = await tenant_in_scope(request, me, tenant or None)
-    result = await ctx_of(request).store.views.registrations(
+    store = ctx_of(request).store
+    result = await store.views.registrations(
         me.scope, tenant_id=tenant_id, q=q, exposed=exposed, limit=limit, offset=offset
     )
+    # The latest audit of each phone on the page: one query for all of them.
+    addresses = [(r.binding.remote_host, r.binding.remote_port) for r in result.items]
+    latest = await store.audits.latest_for_hosts(addresses, scope=me.scope)
     return page(
         request,
         "registrations.html",
         here="registrations",
         rows=[registration_out(r) for r in result.items],
+        audits={r.id: latest.get(a) for r, a in zip(result.items, addresses, strict=True)},
+        can_audit=ctx_of(request).audits is not None,
         pager=_pager(result.total, limit, offset),
         filters={"tenant": tenant or "", "q": q or "", "exposed": exposed},
         exposed_verdict=EXPOSED,
@@ -115,10 +128,19 @@ async def registrations(
 async def registration(request: Request, me: Me, registration_id: int) -> HTMLResponse:
     if not 1 <= registration_id <= MAX_ID:
         raise not_found("registration")
-    found = await ctx_of(request).store.views.registration(me.scope, registration_id)
+    store = ctx_of(request).store
+    found = await store.views.registration(me.scope, registration_id)
     if found is None:
         raise not_found("registration")
-    return page(request, "registration.html", here="registrations", r=registration_out(found))
+    address = (found.binding.remote_host, found.binding.remote_port)
+    latest = await store.audits.latest_for_hosts([address], scope=me.scope)
+    return page(
+        request,
+        "registration.html",
+        here="registrations",
+        r=registration_out(found),
+        audit=latest.get(address),
+    )
 
 
 @router.get("/devices", response_class=HTMLResponse)
@@ -139,12 +161,17 @@ async def devices(
     # The web UI switch is per tenant: shown for the tenant in view.
     in_view = me.user.tenant if not me.user.is_operator else (tenant or None)
     profile = None if in_view is None else await ctx.store.profiles.get(in_view)
+    # The latest audit of each device on the page: one query for all of them.
+    latest = await ctx.store.audits.latest_for_devices(
+        [d.mac for d in result.items], scope=me.scope
+    )
     return page(
         request,
         "devices.html",
         here="devices",
         profile=profile,
         rows=result.items,
+        audits=latest,
         pager=_pager(result.total, limit, offset),
         filters={"tenant": tenant or "", "q": q or "", "compliant": compliant},
     )
@@ -235,4 +262,53 @@ async def web_ui_action(
     state = "allowed" if profile.web_ui else "forbidden"
     return page(
         request, "flash.html", message=f"phone web UI {state} for {profile.tenant}", error=False
+    )
+
+
+@router.get("/audits", response_class=HTMLResponse)
+async def audits(request: Request, me: Me, limit: Limit = PAGE, offset: Offset = 0) -> HTMLResponse:
+    running = audits_of(request).running  # before reading: a run stored as done stays done
+    runs = await ctx_of(request).store.audits.runs(limit + 1, scope=me.scope, offset=offset)
+    return page(
+        request,
+        "audits.html",
+        here="audits",
+        rows=[audit_run_out(r, running) for r in runs[:limit]],
+        pager=_pager(None, limit, offset, more=len(runs) > limit),
+        filters={},
+    )
+
+
+@router.get("/audits/{audit_id}", response_class=HTMLResponse)
+async def audit(request: Request, me: Me, audit_id: int) -> HTMLResponse:
+    running = audits_of(request).running  # before reading: a run stored as done stays done
+    store = ctx_of(request).store
+    run = await store.audits.run(audit_id, scope=me.scope) if 1 <= audit_id <= MAX_ID else None
+    if run is None:
+        raise not_found("audit")
+    results = await store.audits.results(audit_id, scope=me.scope)
+    return page(
+        request,
+        "audit.html",
+        here="audits",
+        run=audit_run_out(run, running),
+        results=[audit_result_out(r) for r in results],
+    )
+
+
+@router.post("/audits/start", response_class=HTMLResponse)
+async def start_audit_action(
+    request: Request,
+    me: Auth,
+    tenant: Annotated[str, Form(max_length=64)] = "",
+    invite: Annotated[bool, Form()] = True,
+) -> HTMLResponse:
+    run = await start_audit(request, me, invite=invite, tenant=tenant or None)
+    whose = f"of {run.tenant}" if run.tenant else "of every tenant"
+    return page(
+        request,
+        "flash.html",
+        message=f"Audit {run.id} started: the registered phones {whose} are being probed.",
+        error=False,
+        link=f"/audits/{run.id}",
     )
