@@ -109,9 +109,7 @@ def test_the_snapshot_reads_what_the_device_queries_read(tmp_path: Path) -> None
         secrets = await store.devices.all_credentials()
         assert {d.info.mac: store.devices.unseal(d) for d in snapshot.devices} == secrets
         assert snapshot.revision == await store.get_revision()
-        assert snapshot.profiles == {
-            t: await store.profiles.get(t) for t in ("acme", "globex")
-        }
+        assert snapshot.profiles == {t: await store.profiles.get(t) for t in ("acme", "globex")}
 
     run(tmp_path, body)
 

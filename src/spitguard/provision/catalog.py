@@ -135,14 +135,18 @@ async def load_catalog(store: Store, edge: Edge, previous: Catalog | None = None
         mac = sealed.info.mac
         key = (sealed, snapshot.profiles[sealed.info.tenant])
         entry = None if reuse is None else reuse.entries.get(mac)
-        if entry is None or reuse is None or reuse.inputs.get(mac) != key:
+        if entry is not None and reuse is not None and reuse.inputs.get(mac) == key:
+            kept = reuse._desired.get(mac)  # complete: built by this function
+            if kept is not None:
+                desired[mac] = kept
+        else:
             entry = _build_entry(sealed.info, key[1], store.devices.unseal(sealed), edge)
             rendered += 1
+            file = entry.desired()
+            if file is not None:
+                desired[mac] = (file.path, file.version)
         entries[mac] = entry
         inputs[mac] = key
-        file = entry.desired()
-        if file is not None:
-            desired[mac] = (file.path, file.version)
         if time.perf_counter() >= pause_at:
             await asyncio.sleep(0)  # let the SIP edge and requests run
             pause_at = time.perf_counter() + SLICE
