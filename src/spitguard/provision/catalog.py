@@ -136,6 +136,7 @@ async def load_catalog(store: Store, edge: Edge, previous: Catalog | None = None
         key = (sealed, snapshot.profiles[sealed.info.tenant])
         entry = None if reuse is None else reuse.entries.get(mac)
         if entry is not None and reuse is not None and reuse.inputs.get(mac) == key:
+            key = reuse.inputs[mac]  # equal; keeping the old one frees the snapshot's copy
             kept = reuse._desired.get(mac)  # complete: built by this function
             if kept is not None:
                 desired[mac] = kept
