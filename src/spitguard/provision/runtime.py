@@ -72,6 +72,8 @@ class ProvisionServer:
         self._catalog: Catalog = EMPTY
         self._checked_at = float("-inf")
         self._reload_lock = asyncio.Lock()
+        self._checks_started = 0  # revision checks begun / the last one that completed
+        self._checks_done = 0
         self.service = ProvisionService(
             [factory() for factory in DRIVERS.values()],
             lambda: self._catalog,
@@ -101,22 +103,43 @@ class ProvisionServer:
 
     async def refresh(self, *, force: bool = False) -> bool:
         """Reload when the inventory revision moved (checked at most every
-        ``reload_interval`` unless forced); True when a new catalog is in place."""
+        ``reload_interval`` unless forced); True when a new catalog is in place.
+
+        One check at a time. A request (not forced) never waits for one: while a reload
+        runs it is served from the current catalog. A forced caller (re-sync, the device
+        views) waits until a check that began after its call has completed, so it sees
+        every change committed before it asked; callers queued behind one reload share
+        the next check instead of each running one."""
         interval = self.settings.reload_interval
-        if not force and time.monotonic() - self._checked_at < interval:
+        if not force and (
+            self._reload_lock.locked() or time.monotonic() - self._checked_at < interval
+        ):
             return False
+        before, asked_after = self._catalog, self._checks_started
         async with self._reload_lock:
+            if force and self._checks_done > asked_after:
+                return self._catalog is not before  # a check that began after we asked
             # Checked again: requests that queued on the lock behind a check must not
             # each run one more.
             if not force and time.monotonic() - self._checked_at < interval:
                 return False
+            self._checks_started += 1
+            check = self._checks_started
             self._checked_at = time.monotonic()
             revision = await self.store.get_revision()
-            if revision == self._catalog.revision:
-                return False
-            self._catalog = await load_catalog(self.store, self.edge)
-            log.info("boot server: %d devices, revision %d", len(self._catalog), revision)
-            return True
+            if revision != self._catalog.revision:
+                started = time.perf_counter()
+                catalog = await load_catalog(self.store, self.edge, self._catalog)
+                self._catalog = catalog  # swapped whole: never half-built
+                log.info(
+                    "boot server: %d devices, revision %d (%d rendered afresh in %.2f s)",
+                    len(catalog),
+                    catalog.revision,
+                    catalog.rendered,
+                    time.perf_counter() - started,
+                )
+            self._checks_done = check
+            return self._catalog is not before
 
     # --- requests ------------------------------------------------------------------------
     async def handle(self, req: ProvisionRequest, read_body: BodyReader) -> Decision:

@@ -38,9 +38,11 @@ from ..errors import (
     UnknownTenantError,
 )
 from ..models import (
+    INVENTORY_REVISION_KEY,
     Device,
     DeviceLine,
     Line,
+    Revision,
     Tenant,
     TenantProfile,
 )
@@ -70,6 +72,8 @@ DEFAULT_CHECKSYNC_VALIDATION: ValidationMethod = "digest"
 _VALIDATION_VALUES: tuple[ValidationMethod, ...] = ("source", "digest", "both")
 # AORs/MACs per IN (...) query: far below the bound-parameter limits of both backends.
 _IN_CHUNK = 500
+# Devices per query of `DeviceRepo.snapshot`: a few milliseconds of row processing each.
+SNAPSHOT_CHUNK = 500
 # Where the overrides are checked, the edge is unknown; drivers only need some valid host.
 _PLACEHOLDER_EDGE = "edge.invalid"
 _PLACEHOLDER_SECRET = "placeholder"  # noqa: S105 - never rendered, only validated
@@ -141,6 +145,40 @@ class DeviceSecrets:
     admin_password: str = field(repr=False)
     provisioning_password: str = field(repr=False)
     lines: tuple[DeviceLineSecret, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class SealedLine:
+    """A line of a device as stored: its SIP password still sealed."""
+
+    key: int
+    aor: str
+    auth_user: str
+    display_name: str | None
+    password_enc: bytes = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class SealedDevice:
+    """A device with everything its configuration is rendered from, passwords still
+    sealed. Two equal values render the same bytes (given the same profile and edge), so
+    the boot server compares them between reloads without decrypting anything; a changed
+    password always changes its sealed bytes (every encryption draws a fresh IV)."""
+
+    info: DeviceInfo
+    admin_password_enc: bytes = field(repr=False)
+    prov_password_enc: bytes = field(repr=False)
+    lines: tuple[SealedLine, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class InventorySnapshot:
+    """Every device (ordered by tenant then MAC) and every tenant's profile, read in one
+    transaction at inventory revision ``revision``."""
+
+    revision: int
+    devices: tuple[SealedDevice, ...]
+    profiles: Mapping[str, ProfileInfo]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -674,6 +712,122 @@ class DeviceRepo:
             )
             for device_id, mac, admin_enc, prov_enc in devices
         }
+
+    async def snapshot(self, *, chunk: int = SNAPSHOT_CHUNK) -> InventorySnapshot:
+        """The whole inventory as the boot server renders it, passwords still sealed.
+
+        Read in chunks of `chunk` devices in one read transaction, so turning rows into
+        objects never holds the event loop for long: each chunk's query is awaited.
+        Columns, not ORM objects: this runs over the whole fleet on every reload."""
+        devices: builtins.list[SealedDevice] = []
+        async with self._store.read() as session:
+            revision = await session.scalar(
+                select(Revision.value).where(Revision.key == INVENTORY_REVISION_KEY)
+            )
+            profile_rows = await session.execute(
+                select(Tenant.name, TenantProfile).outerjoin(
+                    TenantProfile, TenantProfile.tenant_id == Tenant.id
+                )
+            )
+            profiles = {str(name): _profile_info(name, row) for name, row in profile_rows}
+            last_id = 0
+            while True:
+                rows = (
+                    await session.execute(
+                        select(
+                            Device.id,
+                            Device.mac,
+                            Tenant.name,
+                            Device.vendor,
+                            Device.model,
+                            Device.label,
+                            Device.overrides,
+                            Device.created_at,
+                            Device.updated_at,
+                            Device.admin_password_enc,
+                            Device.prov_password_enc,
+                        )
+                        .join(Tenant, Device.tenant_id == Tenant.id)
+                        .where(Device.id > last_id)
+                        .order_by(Device.id)
+                        .limit(chunk)
+                    )
+                ).all()
+                if not rows:
+                    break
+                first_id, last_id = rows[0][0], rows[-1][0]
+                lines: dict[int, builtins.list[SealedLine]] = {}
+                result = await session.execute(
+                    select(
+                        DeviceLine.device_id,
+                        DeviceLine.line_key,
+                        Line.aor,
+                        Line.auth_user,
+                        Line.display_name,
+                        Line.password_enc,
+                    )
+                    .join(Line, DeviceLine.line_id == Line.id)
+                    .where(DeviceLine.device_id.between(first_id, last_id))
+                    .order_by(DeviceLine.device_id, DeviceLine.line_key)
+                )
+                for device_id, key, aor, auth_user, display_name, password_enc in result:
+                    lines.setdefault(device_id, []).append(
+                        SealedLine(key, aor, auth_user, display_name, password_enc)
+                    )
+                for (
+                    device_id,
+                    mac,
+                    tenant,
+                    vendor,
+                    model,
+                    label,
+                    overrides,
+                    created_at,
+                    updated_at,
+                    admin_enc,
+                    prov_enc,
+                ) in rows:
+                    sealed = tuple(lines.get(device_id, ()))
+                    devices.append(
+                        SealedDevice(
+                            DeviceInfo(
+                                id=device_id,
+                                mac=mac,
+                                tenant=tenant,
+                                vendor=vendor,
+                                model=model,
+                                label=label,
+                                lines=tuple(DeviceLineInfo(x.key, x.aor) for x in sealed),
+                                overrides=MappingProxyType(dict(overrides)),
+                                created_at=created_at,
+                                updated_at=updated_at,
+                            ),
+                            admin_enc,
+                            prov_enc,
+                            sealed,
+                        )
+                    )
+        devices.sort(key=lambda d: (d.info.tenant, d.info.mac))
+        return InventorySnapshot(int(revision or 0), tuple(devices), profiles)
+
+    def unseal(self, device: SealedDevice) -> DeviceSecrets:
+        """A device's passwords and its lines' SIP passwords, decrypted."""
+        box = self._store.box
+        return DeviceSecrets(
+            mac=device.info.mac,
+            admin_password=box.decrypt(device.admin_password_enc),
+            provisioning_password=box.decrypt(device.prov_password_enc),
+            lines=tuple(
+                DeviceLineSecret(
+                    key=line.key,
+                    aor=line.aor,
+                    auth_user=line.auth_user,
+                    display_name=line.display_name,
+                    password=box.decrypt(line.password_enc),
+                )
+                for line in device.lines
+            ),
+        )
 
     async def set_lines(self, mac: str, lines: Sequence[tuple[int, str]]) -> DeviceInfo:
         """Replace the device's lines; each must be a line of the device's tenant."""
