@@ -8,18 +8,15 @@ to run the store tests against a PostgreSQL database too (its public schema is w
 from __future__ import annotations
 
 import asyncio
-import os
 import sqlite3
-from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
-from alembic.config import Config
 from alembic.migration import MigrationContext
 from sqlalchemy import Connection, DateTime, LargeBinary, bindparam, text
 
@@ -43,9 +40,7 @@ from spitguard.store import (
     UnknownLineError,
     UnknownTenantError,
     load_or_create_key,
-    open_store,
 )
-from spitguard.store.db import MIGRATIONS_DIR, create_engine
 from spitguard.store.models import Base
 from spitguard.store.repos import (
     MAX_UPLOAD_BODY,
@@ -57,82 +52,24 @@ from spitguard.store.repos import (
     ProfileInfo,
     UnknownDeviceError,
 )
+from store_fixtures import (
+    HEAD,
+    NOW,
+    FakeClock,
+    alembic_config,
+    current_revision,
+    on_connection,
+    settings_fixture,  # noqa: F401 (the `settings` fixture)
+    with_store,
+)
 
-# The newest migration: opening a store migrates to it.
-HEAD = max(p.stem.split("_", 1)[0] for p in MIGRATIONS_DIR.joinpath("versions").glob("0*.py"))
-
-T = TypeVar("T")
-PG_URL = os.environ.get("PG_TEST_URL")
-NOW = 1_700_000_000.0
 MAC = "0004f2abcdef"
 LINE_PASSWORD = "Line-Passw0rd-1001"
 EDGE = Edge(host="edge.acme.test", port=5060, transport="udp", trusted_origins=("192.0.2.10",))
 
 
-class FakeClock:
-    def __init__(self, now: float = NOW) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-# PostgreSQL joins the parameters only when configured, so plain runs list no skips.
-@pytest.fixture(params=["sqlite", *(["postgresql"] if PG_URL else [])])
-def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
-    if request.param == "sqlite":
-        return Settings(data_dir=tmp_path / "var")
-    assert PG_URL is not None
-    asyncio.run(_wipe_postgres(PG_URL))
-    return Settings(data_dir=tmp_path / "var", database_url=PG_URL)
-
-
-async def _wipe_postgres(url: str) -> None:
-    engine = create_engine(url)
-    try:
-        async with engine.begin() as conn:
-            await conn.execute(text("DROP SCHEMA public CASCADE"))
-            await conn.execute(text("CREATE SCHEMA public"))
-    finally:
-        await engine.dispose()
-
-
 def is_sqlite(settings: Settings) -> bool:
     return settings.database_url is None
-
-
-def with_store(
-    settings: Settings, body: Callable[[Store], Awaitable[T]], clock: FakeClock | None = None
-) -> T:
-    async def run() -> T:
-        store = await open_store(settings, clock=clock or FakeClock())
-        try:
-            return await body(store)
-        finally:
-            await store.close()
-
-    return asyncio.run(run())
-
-
-def alembic_config(connection: Connection) -> Config:
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS_DIR))
-    config.set_main_option("path_separator", "os")
-    config.attributes["connection"] = connection
-    return config
-
-
-async def on_connection(settings: Settings, work: Callable[[Connection], T]) -> T:
-    engine = create_engine(settings.effective_database_url)
-    try:
-        async with engine.begin() as conn:
-            return await conn.run_sync(work)
-    finally:
-        await engine.dispose()
-
-
-def current_revision(conn: Connection) -> str | None:
-    return MigrationContext.configure(conn).get_current_revision()
 
 
 async def inventory(store: Store) -> None:

@@ -7,95 +7,36 @@ to run the same tests against a PostgreSQL database too (its public schema is wi
 from __future__ import annotations
 
 import asyncio
-import os
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
-from alembic.config import Config
 from alembic.migration import MigrationContext
 from sqlalchemy import Connection, DateTime, bindparam, event, text
 
 from spitguard.config import Settings
 from spitguard.guard.bans import Ban, BanList
 from spitguard.guard.events import EventAggregator, EventRecord
-from spitguard.store import InvalidInputError, Store, open_store
-from spitguard.store.db import MIGRATIONS_DIR, create_engine
+from spitguard.store import InvalidInputError, Store
 from spitguard.store.models import Base
 from spitguard.store.repos import BANS_REVISION_KEY
+from store_fixtures import (
+    HEAD,
+    NOW,
+    FakeClock,
+    alembic_config,
+    current_revision,
+    on_connection,
+    settings_fixture,  # noqa: F401 (the `settings` fixture)
+    with_store,
+)
 
-# The newest migration: opening a store brings the schema to it.
-HEAD = sorted(p.stem.split("_", 1)[0] for p in MIGRATIONS_DIR.joinpath("versions").glob("0*.py"))[
-    -1
-]
-
-T = TypeVar("T")
-PG_URL = os.environ.get("PG_TEST_URL")
-NOW = 1_700_000_000.0  # epoch minute 28_333_333, 22:13:20 UTC
 MINUTE = int(NOW // 60)
 INVITE = b"INVITE sip:100@127.0.1.10 SIP/2.0\r\nUser-Agent: friendly-scanner\r\n\r\n"
-
-
-class FakeClock:
-    def __init__(self, now: float = NOW) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-# PostgreSQL joins the parameters only when configured, so plain runs list no skips.
-@pytest.fixture(params=["sqlite", *(["postgresql"] if PG_URL else [])])
-def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
-    if request.param == "sqlite":
-        return Settings(data_dir=tmp_path / "var")
-    assert PG_URL is not None
-    asyncio.run(_wipe_postgres(PG_URL))
-    return Settings(data_dir=tmp_path / "var", database_url=PG_URL)
-
-
-async def _wipe_postgres(url: str) -> None:
-    engine = create_engine(url)
-    try:
-        async with engine.begin() as conn:
-            await conn.execute(text("DROP SCHEMA public CASCADE"))
-            await conn.execute(text("CREATE SCHEMA public"))
-    finally:
-        await engine.dispose()
-
-
-def with_store(settings: Settings, body: Callable[[Store], Awaitable[T]], clock: FakeClock) -> T:
-    async def run() -> T:
-        store = await open_store(settings, clock=clock)
-        try:
-            return await body(store)
-        finally:
-            await store.close()
-
-    return asyncio.run(run())
-
-
-def alembic_config(connection: Connection) -> Config:
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS_DIR))
-    config.set_main_option("path_separator", "os")
-    config.attributes["connection"] = connection
-    return config
-
-
-async def on_connection(settings: Settings, work: Callable[[Connection], T]) -> T:
-    """Run `work` on a plain (sync-facing) connection to the settings' database."""
-    engine = create_engine(settings.effective_database_url)
-    try:
-        async with engine.begin() as conn:
-            return await conn.run_sync(work)
-    finally:
-        await engine.dispose()
 
 
 def rec(
@@ -143,10 +84,6 @@ def test_upgrade_from_0001_keeps_inventory_and_adds_guard_tables(settings: Setti
 
     assert with_store(settings, body, FakeClock()) == (["acme"], 7, 1, 1)
     assert asyncio.run(on_connection(settings, current_revision)) == HEAD
-
-
-def current_revision(conn: Connection) -> str | None:
-    return MigrationContext.configure(conn).get_current_revision()
 
 
 def test_migrations_from_empty_match_the_models(settings: Settings) -> None:
