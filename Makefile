@@ -7,7 +7,8 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run test lint bench deps venv clean
 
-$(STAMP): pyproject.toml
+# setup.py builds the C fast path of the SIP parser: a change to it reinstalls.
+$(STAMP): pyproject.toml setup.py src/spitguard/sip/_cparse.c
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "spitguard needs Python 3.11 or newer"'
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
@@ -18,7 +19,7 @@ venv: $(STAMP)
 
 # Debian packages the tests talk to (real peers). Safe to re-run; needs root or sudo.
 deps:
-	@bash scripts/install-deps.sh
+	@PYTHON=$(PYTHON) bash scripts/install-deps.sh
 
 run: $(STAMP)
 	$(VENV)/bin/spitguard serve --demo
@@ -28,7 +29,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check src tests bench
 	$(VENV)/bin/mypy src
 
-test: $(STAMP) deps lint
+test: deps $(STAMP) lint
 	$(VENV)/bin/pytest -q
 
 bench: $(STAMP)

@@ -5,7 +5,12 @@ set -euo pipefail
 pkgs=()
 for p in "$@"; do pkgs+=("$p"); done
 if [ ${#pkgs[@]} -eq 0 ]; then
-  pkgs=(sip-tester baresip kamailio sipvicious nftables iproute2 chromium)
+  pkgs=(sip-tester baresip kamailio sipvicious nftables iproute2 chromium gcc)
+  # The SIP parser's C fast path builds against the headers of the Python in use;
+  # Debian's own python3 keeps them in python3-dev.
+  if ! "${PYTHON:-python3}" -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))'; then
+    pkgs+=(python3-dev)
+  fi
 fi
 missing=()
 for p in "${pkgs[@]}"; do

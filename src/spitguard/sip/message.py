@@ -14,19 +14,21 @@ canonically, with full header names and a recomputed Content-Length.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 from .auth import AuthChallenge, AuthCredentials, parse_challenge, parse_credentials
 from .errors import SipParseError
-from .grammar import TOKEN_RE, parse_uint
+from .grammar import EMPTY_PARAMS, TOKEN_RE, parse_uint
 from .headers import (
     BRANCH_COOKIE,
     CANONICAL_NAMES,
     COMPACT,
     MAX_UINT32,
+    STAR,
     ContactStar,
     CSeq,
     Event,
@@ -255,7 +257,10 @@ class Message:
 
     @property
     def vias(self) -> list[Via]:
-        return self._cached("via", _all_vias)  # type: ignore[no-any-return]
+        try:  # parse() fills the cache: reading it is the usual case
+            return self._typed["via"]  # type: ignore[no-any-return]
+        except KeyError:
+            return self._cached("via", _all_vias)  # type: ignore[no-any-return]
 
     @property
     def via(self) -> Via:
@@ -267,48 +272,81 @@ class Message:
 
     @property
     def from_(self) -> NameAddr:
-        return self._cached("from", _FROM)  # type: ignore[no-any-return]
+        try:  # parse() fills the cache: reading it is the usual case
+            return self._typed["from"]  # type: ignore[no-any-return]
+        except KeyError:
+            return self._cached("from", _FROM)  # type: ignore[no-any-return]
 
     @property
     def to(self) -> NameAddr:
-        return self._cached("to", _TO)  # type: ignore[no-any-return]
+        try:  # parse() fills the cache: reading it is the usual case
+            return self._typed["to"]  # type: ignore[no-any-return]
+        except KeyError:
+            return self._cached("to", _TO)  # type: ignore[no-any-return]
 
     @property
     def call_id(self) -> str:
-        return self._cached("call-id", _call_id)  # type: ignore[no-any-return]
+        try:  # parse() fills the cache: reading it is the usual case
+            return self._typed["call-id"]  # type: ignore[no-any-return]
+        except KeyError:
+            return self._cached("call-id", _call_id)  # type: ignore[no-any-return]
 
     @property
     def cseq(self) -> CSeq:
-        return self._cached("cseq", _cseq)  # type: ignore[no-any-return]
+        try:  # parse() fills the cache: reading it is the usual case
+            return self._typed["cseq"]  # type: ignore[no-any-return]
+        except KeyError:
+            return self._cached("cseq", _cseq)  # type: ignore[no-any-return]
 
     @property
     def max_forwards(self) -> int | None:
-        return self._cached("max-forwards", _max_forwards)  # type: ignore[no-any-return]
+        try:  # parse() fills the cache: reading it is the usual case
+            return self._typed["max-forwards"]  # type: ignore[no-any-return]
+        except KeyError:
+            return self._cached("max-forwards", _max_forwards)  # type: ignore[no-any-return]
 
     @property
     def contacts(self) -> list[NameAddr] | ContactStar:
         """Contact values; `STAR` for `Contact: *`; an empty list when absent."""
-        return self._cached("contact", _contacts)  # type: ignore[no-any-return]
+        try:  # parse() fills the cache: reading it is the usual case
+            return self._typed["contact"]  # type: ignore[no-any-return]
+        except KeyError:
+            return self._cached("contact", _contacts)  # type: ignore[no-any-return]
 
     @property
     def expires(self) -> int | None:
-        return self._cached("expires", _expires)  # type: ignore[no-any-return]
+        try:  # parse() fills the cache: reading it is the usual case
+            return self._typed["expires"]  # type: ignore[no-any-return]
+        except KeyError:
+            return self._cached("expires", _expires)  # type: ignore[no-any-return]
 
     @property
     def routes(self) -> list[NameAddr]:
-        return self._cached("route", _ROUTES)  # type: ignore[no-any-return]
+        try:  # parse() fills the cache: reading it is the usual case
+            return self._typed["route"]  # type: ignore[no-any-return]
+        except KeyError:
+            return self._cached("route", _ROUTES)  # type: ignore[no-any-return]
 
     @property
     def record_routes(self) -> list[NameAddr]:
-        return self._cached("record-route", _RECORD_ROUTES)  # type: ignore[no-any-return]
+        try:  # parse() fills the cache: reading it is the usual case
+            return self._typed["record-route"]  # type: ignore[no-any-return]
+        except KeyError:
+            return self._cached("record-route", _RECORD_ROUTES)  # type: ignore[no-any-return]
 
     @property
     def paths(self) -> list[NameAddr]:
-        return self._cached("path", _PATHS)  # type: ignore[no-any-return]
+        try:  # parse() fills the cache: reading it is the usual case
+            return self._typed["path"]  # type: ignore[no-any-return]
+        except KeyError:
+            return self._cached("path", _PATHS)  # type: ignore[no-any-return]
 
     @property
     def content_type(self) -> MediaType | None:
-        return self._cached("content-type", _content_type)  # type: ignore[no-any-return]
+        try:  # parse() fills the cache: reading it is the usual case
+            return self._typed["content-type"]  # type: ignore[no-any-return]
+        except KeyError:
+            return self._cached("content-type", _content_type)  # type: ignore[no-any-return]
 
     @property
     def content_length(self) -> int:
@@ -316,19 +354,31 @@ class Message:
 
     @property
     def event(self) -> Event | None:
-        return self._cached("event", _event)  # type: ignore[no-any-return]
+        try:  # parse() fills the cache: reading it is the usual case
+            return self._typed["event"]  # type: ignore[no-any-return]
+        except KeyError:
+            return self._cached("event", _event)  # type: ignore[no-any-return]
 
     @property
     def supported(self) -> list[str]:
-        return self._cached("supported", _SUPPORTED)  # type: ignore[no-any-return]
+        try:  # parse() fills the cache: reading it is the usual case
+            return self._typed["supported"]  # type: ignore[no-any-return]
+        except KeyError:
+            return self._cached("supported", _SUPPORTED)  # type: ignore[no-any-return]
 
     @property
     def require(self) -> list[str]:
-        return self._cached("require", _REQUIRE)  # type: ignore[no-any-return]
+        try:  # parse() fills the cache: reading it is the usual case
+            return self._typed["require"]  # type: ignore[no-any-return]
+        except KeyError:
+            return self._cached("require", _REQUIRE)  # type: ignore[no-any-return]
 
     @property
     def proxy_require(self) -> list[str]:
-        return self._cached("proxy-require", _PROXY_REQUIRE)  # type: ignore[no-any-return]
+        try:  # parse() fills the cache: reading it is the usual case
+            return self._typed["proxy-require"]  # type: ignore[no-any-return]
+        except KeyError:
+            return self._cached("proxy-require", _PROXY_REQUIRE)  # type: ignore[no-any-return]
 
     @property
     def user_agent(self) -> str | None:
@@ -585,6 +635,16 @@ def parse(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Request | Response:
     Raises only `SipParseError`. Octets after the Content-Length body are ignored
     (RFC 3261 §18.3, RFC 4475 dblreq).
     """
+    if _cparse is not None:
+        msg = _cparse.parse(data, limits)
+        if msg is not None:
+            return msg
+    return parse_python(data, limits)
+
+
+def parse_python(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Request | Response:
+    """The parser in Python: the reference for the C fast path, and the one that
+    handles (and names the fault of) everything that path does not recognise."""
     try:
         return _parse(data, limits)
     except SipParseError:
@@ -838,3 +898,28 @@ def short_summary(msg: Message) -> str:
     if isinstance(msg, Response):
         return f"{msg.status} {msg.reason}"
     return "?"
+
+
+# --- the C fast path --------------------------------------------------------------------
+
+
+class _FastParser(Protocol):
+    def parse(self, data: bytes, limits: Limits, /) -> Request | Response | None: ...
+
+
+def _load_cparse() -> _FastParser | None:
+    """The C fast path of parse() (_cparse.c), or None where it is not built or is
+    switched off with SPITGUARD_SIP_PURE_PYTHON=1 (the tests run both ways)."""
+    if os.environ.get("SPITGUARD_SIP_PURE_PYTHON") == "1":
+        return None
+    try:
+        from . import _cparse as module
+    except ImportError:
+        return None
+    module.setup(Request, Response, SipUri, Via, NameAddr, CSeq, STAR, EMPTY_PARAMS, COMPACT)
+    return module
+
+
+_cparse = _load_cparse()
+# What parse() runs, for tests and benchmarks to report: "c" or "python".
+PARSER = "python" if _cparse is None else "c"

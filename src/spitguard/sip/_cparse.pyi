@@ -1,0 +1,6 @@
+from typing import Any
+
+from .message import Limits, Request, Response
+
+def parse(data: bytes, limits: Limits, /) -> Request | Response | None: ...
+def setup(*classes_and_constants: Any) -> None: ...
