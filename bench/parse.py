@@ -37,8 +37,8 @@ from _common import (
     print_profile,
     result_line,
 )
-from spitguard.sip import Request
-from spitguard.sip import parse as sg_parse
+from spitguard.sip import Request, message
+from spitguard.sip.message import DEFAULT_LIMITS, parse_python
 
 CORPUS_DIR = Path(__file__).resolve().parents[2] / "shared" / "corpora" / "legit"
 SEED = 5060
@@ -59,8 +59,14 @@ FullParse = Callable[[bytes], Key]
 # --- the two sides: identical "full parse" work ------------------------------------
 
 
-def full_ours(data: bytes) -> Key:
-    msg = sg_parse(data)
+def make_full_ours(sg_parse: Callable[[bytes], Request | message.Response]) -> FullParse:
+    def full_ours(data: bytes) -> Key:
+        return _read_ours(sg_parse(data))
+
+    return full_ours
+
+
+def _read_ours(msg: Request | message.Response) -> Key:
     if isinstance(msg, Request):
         _uri = msg.uri  # parsed by parse() (Request-URI validation is eager)
     vias = msg.vias
@@ -75,6 +81,10 @@ def full_ours(data: bytes) -> Key:
     _len = msg.content_length
     _body = msg.body
     return call_id, cseq.number, cseq.method
+
+
+full_ours = make_full_ours(message.parse)  # the C fast path where it is built
+full_ours_python = make_full_ours(parse_python)  # the reference parser alone
 
 
 _aio_parse = aiosipua.SipMessage.parse
@@ -834,8 +844,12 @@ def main(argv: list[str] | None = None) -> int:
         print_profile(lambda: run_passes(full_ours, batch), top=25, sort=args.sort)
         return 0
 
-    fulls: dict[str, FullParse] = {"spitguard": full_ours, "aiosipua": full_theirs}
-    per_round = seconds / (2 * rounds)
+    fulls: dict[str, FullParse] = {
+        "spitguard": full_ours,
+        "spitguard-python": full_ours_python,
+        "aiosipua": full_theirs,
+    }
+    per_round = seconds / (len(fulls) * rounds)
     passes = {name: max(1, round(per_round / per_pass(full))) for name, full in fulls.items()}
     batches: dict[str, list[tuple[str, list[bytes]]]] = {}
     last: dict[str, list[Key]] = {}
@@ -881,6 +895,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     for line in describe_mix(mix):
         print(line)
+    cparse = message._cparse
+    if cparse is None:
+        print("  WARNING: the C fast path is not built or is switched off: spitguard = Python")
+    else:
+        taken = sum(cparse.parse(it.data, DEFAULT_LIMITS) is not None for it in mix)
+        print(
+            f"  parser: {message.PARSER}; the C fast path took {taken} of {n} messages "
+            f"({100 * taken / n:.1f}%), the rest went to the Python parser (counted as such)"
+        )
     if args.repeat_mix:
         print(
             "  --repeat-mix: the same bytes every pass, so caches keyed on header text "
@@ -899,7 +922,8 @@ def main(argv: list[str] | None = None) -> int:
         print("excluded: none (aiosipua and spitguard parsed every message)")
     print(
         f"method: warm-up 3 passes per side; {rounds} timed rounds per side interleaved "
-        f"A B A B; a round = {passes['spitguard']} pass(es) (spitguard) / "
+        f"A B C A B C; a round = {passes['spitguard']} pass(es) (spitguard) / "
+        f"{passes['spitguard-python']} (spitguard-python) / "
         f"{passes['aiosipua']} (aiosipua) over the mix, ~{per_round:.1f} s; gc.collect() "
         "before each round, gc enabled; time.perf_counter(); median rate per side; "
         "Call-ID/CSeq of every message checked against the reference after each round"
@@ -908,10 +932,14 @@ def main(argv: list[str] | None = None) -> int:
     for name in fulls:
         lo, hi = res.spread(name)
         print(
-            f"  {name:<10} {res.median(name):>10,.0f} msg/s  "
+            f"  {name:<16} {res.median(name):>10,.0f} msg/s  "
             f"(min {lo:,.0f}, max {hi:,.0f}; {res.seconds[name]:.1f} s timed)"
         )
-    print(f"  ratio      {ours / theirs:.2f}x (spitguard / aiosipua)")
+    print(f"  ratio            {ours / theirs:.2f}x (spitguard / aiosipua)")
+    py = res.median("spitguard-python")
+    print(
+        f"  C path           {ours / py:.2f}x (spitguard / spitguard-python, the reference parser)"
+    )
     print(result_line("parse", ours, "msg/s", "aiosipua", theirs))
     return 0
 
