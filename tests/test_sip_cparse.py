@@ -275,3 +275,40 @@ def test_no_memory_kept_per_message() -> None:
         tracemalloc.stop()
     # ~24,000 parses: a leak of even one small object per parse would be ~1 MB.
     assert after - before < 64 * 1024
+
+
+@pytest.mark.parametrize(
+    ("limits", "fast"),
+    [
+        (Limits(max_message_size=10**20, max_headers=2**63 - 1, max_line_length=2**70), True),
+        (Limits(max_uri_length=-(10**30)), False),
+        (Limits(max_message_size=-1, max_headers=-5, max_line_length=0), False),
+    ],
+    ids=["huge", "hugely negative", "negative"],
+)
+def test_out_of_range_limits(limits: Limits, fast: bool) -> None:
+    # Such limits make no sense, but they must not turn into OverflowError or wrap
+    # around: the answer is the Python parser's.
+    for path in corpus_files("legit"):
+        agree(path.read_bytes(), limits)
+    assert (agree(msg(*BASE), limits) is not None) == fast
+
+
+def test_parse_before_setup_hands_over() -> None:
+    # The extension loaded on its own, before message.py has told it which classes to
+    # build: it must answer None, not touch the missing classes.
+    so = cparse.__file__  # type: ignore[attr-defined]
+    code = (
+        "import importlib.util, sys\n"
+        f"spec = importlib.util.spec_from_file_location('spitguard.sip._cparse', {so!r})\n"
+        "mod = importlib.util.module_from_spec(spec)\n"
+        "spec.loader.exec_module(mod)\n"
+        "class L: max_message_size = 65535; max_headers = 128; "
+        "max_line_length = 8192; max_uri_length = 2048\n"
+        "data = b'OPTIONS sip:a@b SIP/2.0\\r\\nVia: SIP/2.0/UDP h;branch=z9hG4bKx\\r\\n"
+        "CSeq: 1 OPTIONS\\r\\n\\r\\n'\n"
+        "print(mod.parse(data, L()))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "None"

@@ -34,6 +34,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import ClassVar, Literal, Self
 
+from spitguard.sip.headers import COMPACT
+
 from . import SIP_DOMAIN, BoundedProcess, Transport, free_port, require_tool, wait_until
 
 __all__ = [
@@ -65,25 +67,6 @@ EXIT_CODES: Mapping[int, str] = {
     99: "normal exit without calls processed",
     254: "fatal error binding a socket",
     255: "fatal error (or global -timeout reached)",
-}
-
-# Compact header forms (RFC 3261 7.3.3 and extensions) mapped to their full names.
-_COMPACT = {
-    "i": "call-id",
-    "m": "contact",
-    "e": "content-encoding",
-    "l": "content-length",
-    "c": "content-type",
-    "f": "from",
-    "s": "subject",
-    "k": "supported",
-    "t": "to",
-    "v": "via",
-    "o": "event",
-    "r": "refer-to",
-    "b": "referred-by",
-    "u": "allow-events",
-    "x": "session-expires",
 }
 
 
@@ -161,7 +144,7 @@ class SipMessage:
 
 def _canonical(name: str) -> str:
     low = name.strip().lower()
-    return _COMPACT.get(low, low)
+    return COMPACT.get(low, low)
 
 
 _ENTRY = re.compile(

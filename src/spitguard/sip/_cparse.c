@@ -84,6 +84,9 @@ static PyObject *K_via, *K_from, *K_to, *K_call_id, *K_cseq, *K_max_forwards, *K
 static PyObject *D_missing[5], *D_multiple[7], *D_missing_mf, *D_branch_missing,
     *D_branch_rfc2543, *D_branch_empty;
 
+/* Set as the last step of a successful setup(): before that, parse() answers None. */
+static int ready;
+
 /* Limits: cached per Limits object (the default one, nearly always). */
 static PyObject *cached_limits;
 static Py_ssize_t lim_size, lim_headers, lim_line, lim_uri;
@@ -797,10 +800,11 @@ name_objects(const char *p, Py_ssize_t n, const char *lk, Py_ssize_t ln, PyObjec
                 break;
             }
         }
+        if ((*written = S(p, n)) == NULL)
+            return FAIL;
         *key = Py_NewRef(hit ? hit->key_obj : full);
         *id = hit ? hit->id : H_OTHER;
-        *written = S(p, n); /* one-letter strings are cached by CPython */
-        return *written ? OK : FAIL;
+        return OK;
     }
     for (int k = 0; k < N_KNOWN; k++) {
         if (known[k].len == ln && known[k].key[0] == lk[0] &&
@@ -810,12 +814,12 @@ name_objects(const char *p, Py_ssize_t n, const char *lk, Py_ssize_t ln, PyObjec
         }
     }
     if (hit != NULL) {
-        *key = Py_NewRef(hit->key_obj);
-        *id = hit->id;
         if (n == hit->len && memcmp(hit->written, p, (size_t)n) == 0)
             *written = Py_NewRef(hit->written_obj);
         else if ((*written = S(p, n)) == NULL)
             return FAIL;
+        *key = Py_NewRef(hit->key_obj);
+        *id = hit->id;
         return OK;
     }
     *id = H_OTHER;
@@ -845,6 +849,9 @@ set_slot(PyObject *obj, Py_ssize_t offset, PyObject *value)
     *(PyObject **)((char *)obj + offset) = value;
 }
 
+/* 0: the limits are loaded; 1: they are not plain integers (the Python parser then
+ * decides what they mean); -1: an exception. Values beyond Py_ssize_t are clamped:
+ * as limits they mean the same. */
 static int
 load_limits(PyObject *limits)
 {
@@ -855,12 +862,24 @@ load_limits(PyObject *limits)
     Py_ssize_t values[4];
     for (int k = 0; k < 4; k++) {
         PyObject *v = PyObject_GetAttrString(limits, names[k]);
-        if (v == NULL)
-            return -1;
-        values[k] = PyLong_AsSsize_t(v);
+        if (v == NULL || !PyLong_Check(v)) {
+            Py_XDECREF(v);
+            if (PyErr_Occurred() && !PyErr_ExceptionMatches(PyExc_AttributeError))
+                return -1;
+            PyErr_Clear();
+            return 1;
+        }
+        int overflow;
+        long long x = PyLong_AsLongLongAndOverflow(v, &overflow);
         Py_DECREF(v);
-        if (values[k] == -1 && PyErr_Occurred())
+        if (x == -1 && PyErr_Occurred())
             return -1;
+        if (overflow > 0 || x > PY_SSIZE_T_MAX)
+            values[k] = PY_SSIZE_T_MAX;
+        else if (overflow < 0 || x < 0)
+            values[k] = -1; /* every message exceeds it: the Python parser says so */
+        else
+            values[k] = (Py_ssize_t)x;
     }
     lim_size = values[0];
     lim_headers = values[1];
@@ -1064,10 +1083,13 @@ cparse(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     PyObject *data = args[0];
-    if (!PyBytes_CheckExact(data))
+    if (!ready || !PyBytes_CheckExact(data))
         return not_fast();
-    if (load_limits(args[1]) < 0)
+    int lim = load_limits(args[1]);
+    if (lim < 0)
         return NULL;
+    if (lim > 0)
+        return not_fast();
     const char *buf = PyBytes_AS_STRING(data);
     Py_ssize_t size = PyBytes_GET_SIZE(data);
     if (size > lim_size)
@@ -1094,7 +1116,7 @@ cparse(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 
     /* Lines: ASCII printable or tab, CRLF-separated, no folding. */
     Py_ssize_t line_start[MAX_LINES], line_len[MAX_LINES];
-    Py_ssize_t max_lines = lim_headers + 1 < MAX_LINES ? lim_headers + 1 : MAX_LINES;
+    Py_ssize_t max_lines = lim_headers < MAX_LINES - 1 ? lim_headers + 1 : MAX_LINES;
     Py_ssize_t nlines = 0, ls = start;
     for (Py_ssize_t i = start; i <= end; i++) {
         unsigned char c = i < end ? (unsigned char)buf[i] : '\r';
@@ -1338,6 +1360,7 @@ static PyObject *
 setup(PyObject *module, PyObject *args)
 {
     PyObject *req, *resp, *sip_uri, *via, *name_addr, *cseq, *star, *empty, *compact;
+    ready = 0;
     if (!PyArg_ParseTuple(args, "O!O!OOOOOO!O!", &PyType_Type, &req, &PyType_Type, &resp,
                           &sip_uri, &via, &name_addr, &cseq, &star, &PyDict_Type, &empty,
                           &PyDict_Type, &compact))
@@ -1385,8 +1408,9 @@ setup(PyObject *module, PyObject *args)
         }
         Py_INCREF(full);
         PyUnicode_InternInPlace(&full);
-        CompactKeys[c - 'a'] = full;
+        Py_XSETREF(CompactKeys[c - 'a'], full);
     }
+    ready = 1;
     Py_RETURN_NONE;
 }
 

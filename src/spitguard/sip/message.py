@@ -916,7 +916,7 @@ def _load_cparse() -> _FastParser | None:
         from . import _cparse as module
     except ImportError:
         return None
-    module.setup(Request, Response, SipUri, Via, NameAddr, CSeq, STAR, EMPTY_PARAMS, COMPACT)
+    module.setup(Request, Response, SipUri, Via, NameAddr, CSeq, STAR, EMPTY_PARAMS, dict(COMPACT))
     return module
 
 
