@@ -185,7 +185,17 @@ EDGES: list[tuple[str, bytes, bool]] = [
     ("bare LF", msg(*BASE).replace(b"Call-ID", b"X: a\nCall-ID"), False),
     ("tab in value", msg(*BASE, "Subject:\tspaced\tout "), True),
     ("NUL", msg(*BASE, "Subject: a\x00b"), False),
-    ("UTF-8 display", msg(*with_line(2, 'From: "Jürgen" <sip:j@example.com>;tag=1')), False),
+    ("UTF-8 display", msg(*with_line(2, 'From: "Jürgen" <sip:j@example.com>;tag=1')), True),
+    ("UTF-8 reason", msg("SIP/2.0 486 Besetzt, später", *BASE[1:]), True),
+    ("invalid UTF-8", msg(*BASE, "User-Agent: X1").replace(b"X1", b"X\xff\xc3"), True),
+    ("NBSP ends a value", msg(*BASE, "Subject: hi\u00a0"), False),
+    ("NBSP inside a value", msg(*BASE, "Subject: hi\u00a0there"), True),
+    ("NEL starts a value", msg(*BASE, "Subject: \u0085hi"), False),
+    ("NBSP in CSeq", msg(*with_line(5, "CSeq: 1\u00a0INVITE")), False),
+    ("NBSP before <", msg(*with_line(2, 'From: "A"\u00a0<sip:a@x>;tag=1')), False),
+    ("UTF-8 in a URI", msg(*with_line(3, "To: <sip:jürgen@example.com>")), False),
+    ("UTF-8 in a param", msg(*with_line(3, "To: <sip:b@x>;tag=ü")), False),
+    ("UTF-8 quoted param", msg(*with_line(3, 'To: <sip:b@x>;x="ü"')), True),
     ("unquoted display", msg(*with_line(2, "From: Alice Smith <sip:a@example.com>;tag=1")), True),
     ("addr-spec", msg(*with_line(3, "To: sip:bob@example.com;tag=9")), True),
     ("addr-spec with comma", msg(*with_line(3, "To: sip:b,ob@example.com")), False),
@@ -312,3 +322,16 @@ def test_parse_before_setup_hands_over() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "None"
+
+
+@settings(max_examples=500)
+@given(
+    st.text(st.characters(codec="utf-8", exclude_characters="\r\n"), max_size=30),
+    st.text(st.characters(codec="utf-8", exclude_characters='\r\n"\\'), max_size=20),
+)
+def test_unicode_values_agree(subject: str, display: str) -> None:
+    # Header values and display names with any UTF-8 text, Unicode whitespace and
+    # surrogate-escaped bytes included: the same strings as the Python parser, or None.
+    lines = with_line(2, f'From: "{display}" <sip:a@example.com>;tag=1')
+    agree(msg(*lines, f"Subject: {subject}"))
+    agree(msg(*lines, f"Subject: {subject}").replace(b"Subject: ", b"Subject: \xff"))

@@ -9,7 +9,7 @@
  * would, or None. None means "not the everyday shape, or not valid": the caller then
  * runs the Python parser, which stays the reference and the only source of
  * SipParseError reasons. So this file never decides that input is malformed; it only
- * recognises the common well-formed shapes (ASCII head, CRLF line ends, no folding,
+ * recognises the common well-formed shapes (CRLF line ends, no folding or control bytes,
  * the regex fast paths of uri.py, headers.py and grammar.py) and builds the objects.
  * tests/test_sip_cparse.py checks the two agree on every corpus and on generated input.
  *
@@ -99,10 +99,18 @@ static Py_ssize_t lim_size, lim_headers, lim_line, lim_uri;
 
 /* ---- small helpers ---- */
 
-/* A str from bytes already known to be ASCII: no decoding pass needed. */
+/* A str from head bytes, decoded as the Python parser decodes the head: UTF-8 with
+ * surrogateescape. Slices start and end at ASCII separators, and an ASCII byte always
+ * ends a UTF-8 sequence, so decoding a slice gives what decoding the whole head and
+ * slicing would. Nearly every value is ASCII: that takes a plain copy. */
 static PyObject *
 S(const char *p, Py_ssize_t n)
 {
+    unsigned char high = 0;
+    for (Py_ssize_t i = 0; i < n; i++)
+        high |= (unsigned char)p[i];
+    if (high & 0x80)
+        return PyUnicode_DecodeUTF8(p, n, "surrogateescape");
     PyObject *s = PyUnicode_New(n, 127);
     if (s != NULL && n > 0)
         memcpy(PyUnicode_1BYTE_DATA(s), p, (size_t)n);
@@ -144,7 +152,9 @@ ieq(const char *p, Py_ssize_t n, const char *lit)
 static void
 strip(const char **p, Py_ssize_t *n)
 {
-    /* Only space and tab can occur: other whitespace is rejected while scanning. */
+    /* Space and tab only. Other ASCII whitespace is rejected while scanning; Unicode
+     * whitespace at the ends of a header value sends the message to Python (edge_space),
+     * and anywhere else it fails the ASCII grammar classes. */
     const char *s = *p;
     Py_ssize_t len = *n;
     while (len > 0 && (s[0] == ' ' || s[0] == '\t')) {
@@ -852,6 +862,16 @@ set_slot(PyObject *obj, Py_ssize_t offset, PyObject *value)
 /* 0: the limits are loaded; 1: they are not plain integers (the Python parser then
  * decides what they mean); -1: an exception. Values beyond Py_ssize_t are clamped:
  * as limits they mean the same. */
+/* Whether a non-ASCII value starts or ends with Unicode whitespace (NBSP, NEL ...):
+ * str.strip() removes those, and the C path strips only space and tab. */
+static int
+edge_space(PyObject *value)
+{
+    Py_ssize_t n = PyUnicode_GET_LENGTH(value);
+    return n > 0 && (Py_UNICODE_ISSPACE(PyUnicode_READ_CHAR(value, 0)) ||
+                     Py_UNICODE_ISSPACE(PyUnicode_READ_CHAR(value, n - 1)));
+}
+
 static int
 load_limits(PyObject *limits)
 {
@@ -1114,7 +1134,9 @@ cparse(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         return not_fast(); /* no empty line (or an empty head): the Python parser */
     Py_ssize_t body_start = end + 4;
 
-    /* Lines: ASCII printable or tab, CRLF-separated, no folding. */
+    /* Lines: no control bytes but tab, CRLF-separated, no folding. Bytes above 0x7f
+     * may appear (UTF-8 display names, reason phrases): values are decoded by S(), and
+     * every grammar class is ASCII-only, so they never enter a URI, token or param. */
     Py_ssize_t line_start[MAX_LINES], line_len[MAX_LINES];
     Py_ssize_t max_lines = lim_headers < MAX_LINES - 1 ? lim_headers + 1 : MAX_LINES;
     Py_ssize_t nlines = 0, ls = start;
@@ -1135,7 +1157,7 @@ cparse(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                     return not_fast(); /* folded line */
             }
         }
-        else if ((c < 0x20 && c != '\t') || c >= 0x7f) {
+        else if ((c < 0x20 && c != '\t') || c == 0x7f) {
             return not_fast();
         }
     }
@@ -1193,11 +1215,14 @@ cparse(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             Py_XDECREF(value);
             goto fail;
         }
+        PyList_SET_ITEM(fields, h, t);
         PyTuple_SET_ITEM(t, 0, key);
         PyTuple_SET_ITEM(t, 1, written);
         PyTuple_SET_ITEM(t, 2, value);
-        PyList_SET_ITEM(fields, h, t);
+        if (!PyUnicode_IS_ASCII(value) && edge_space(value))
+            goto not_fast; /* Python's strip() would take this one off too */
     }
+
 
     /* Body framing by Content-Length; without one the body is the rest. */
     Py_ssize_t rest_len = size - body_start;
