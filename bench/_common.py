@@ -41,7 +41,7 @@ __all__ = [
 ]
 
 # One timed round: run the work, return how many operations it performed.
-RoundFn = Callable[[], int]
+RoundFn = Callable[[], int | tuple[int, float]]
 
 
 def pin_to_one_cpu() -> int | None:
@@ -129,8 +129,10 @@ def interleaved(
     """Time each side `repetitions` times, alternating A B A B ...
 
     Each round function returns the number of operations it did; the rate of the
-    round is ops / wall time (`time.perf_counter`). `gc.collect()` runs before each
-    round (outside the timed region); gc stays enabled during it. `before_round(side)`
+    round is ops / wall time (`time.perf_counter`). A round function that prepares
+    input inside the round (untimed) returns (ops, seconds it timed itself) instead.
+    `gc.collect()` runs before each round (outside the timed region); gc stays enabled
+    during it. `before_round(side)`
     and `after_round(side)` run untimed around each round (e.g. to build fresh input,
     and to check the results were right).
     """
@@ -141,8 +143,12 @@ def interleaved(
                 before_round(name)
             gc.collect()
             t0 = time.perf_counter()
-            ops = fn()
+            done = fn()
             dt = time.perf_counter() - t0
+            if isinstance(done, tuple):
+                ops, dt = done
+            else:
+                ops = done
             out.rates[name].append(ops / dt)
             out.seconds[name] += dt
             if after_round is not None:

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from corpus import CORPORA
 from sip_strategies import mutated, requests
-from spitguard.sip import STAR, Request, Response, SipParseError, parse
+from spitguard.sip import STAR, Request, Response, SipParseError, Via, parse
 from spitguard.sip import message as sip_message
 from spitguard.sip.message import DEFAULT_LIMITS, Limits, parse_python
 
@@ -335,3 +335,62 @@ def test_unicode_values_agree(subject: str, display: str) -> None:
     lines = with_line(2, f'From: "{display}" <sip:a@example.com>;tag=1')
     agree(msg(*lines, f"Subject: {subject}"))
     agree(msg(*lines, f"Subject: {subject}").replace(b"Subject: ", b"Subject: \xff"))
+
+
+def read(obj: object, cls: type, name: str, accessor: Any) -> Any:
+    try:
+        return ("value", accessor.__get__(obj, cls) if accessor is not None else getattr(obj, name))
+    except SipParseError as exc:
+        return ("error", exc.reason)
+
+
+def test_c_accessors_read_what_the_python_ones_read() -> None:
+    # Every attribute the C accessors took over, on every parsed corpus message (and on
+    # its Vias, From, To, Contacts), before and after the typed cache is dropped: the
+    # same value or the same error as the Python accessor it replaced.
+    replaced = sip_message.PYTHON_ACCESSORS
+    names = {(cls.__name__, name) for cls, name, _ in replaced}
+    assert {("Message", "vias"), ("Message", "from_"), ("Via", "branch")} <= names
+    assert {("NameAddr", "tag"), ("Request", "uri"), ("Message", "body")} <= names
+    checked = 0
+    for folder in ("legit", "scanners", "rfc4475"):
+        for path in corpus_files(folder):
+            try:
+                message = parse(path.read_bytes())
+            except SipParseError:
+                continue
+            for drop in (False, True):
+                if drop:
+                    message.drop_parsed()
+                for cls, name, py in replaced:
+                    if not isinstance(message, cls):
+                        continue
+                    if cls.__name__ not in ("Message", "Request", "Response"):
+                        continue
+                    ours = read(message, cls, name, None)
+                    assert ours == read(message, cls, name, py), (path.name, name)
+                    checked += 1
+            values: list[Any] = []
+            for name in ("vias", "contacts", "routes"):
+                got = read(message, type(message), name, None)
+                if got[0] == "value" and isinstance(got[1], list):
+                    values += got[1]
+            for name in ("from_", "to"):
+                got = read(message, type(message), name, None)
+                if got[0] == "value":
+                    values.append(got[1])
+            for value in values:
+                for cls, name, py in replaced:
+                    if isinstance(value, cls):
+                        assert read(value, cls, name, None) == read(value, cls, name, py)
+                        checked += 1
+    assert checked > 1000
+
+
+def test_c_accessors_refuse_foreign_objects() -> None:
+    vias = sip_message.Message.__dict__["vias"]
+    assert sip_message.Message.vias is vias  # read on the class: the descriptor itself
+    with pytest.raises(TypeError):
+        vias.__get__(object(), object)
+    with pytest.raises(TypeError):
+        Via.__dict__["branch"].__get__(("too", "short"), Via)

@@ -20,6 +20,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <structmember.h>
+#include <stdint.h>
 #include <string.h>
 
 /* ---- character classes (the regex classes of grammar.py, uri.py, headers.py) ---- */
@@ -60,6 +61,28 @@ init_classes(void)
 
 #define IS(c, bit) (cls[(unsigned char)(c)] & (bit))
 
+/* Eight bytes at a time (SWAR): the head is scanned for line ends and control bytes,
+ * and values for 8-bit bytes, several hundred bytes per message. */
+#define ONES 0x0101010101010101ULL
+#define HIGHS 0x8080808080808080ULL
+
+static inline uint64_t
+load8(const char *p)
+{
+    uint64_t w;
+    memcpy(&w, p, 8);
+    return w;
+}
+
+/* Nonzero when a byte of w may be below 0x20 or equal to 0x7f (false positives are
+ * possible above a true one; callers then look byte by byte). */
+static inline uint64_t
+maybe_control(uint64_t w)
+{
+    uint64_t del = w ^ (ONES * 0x7f);
+    return ((w - ONES * 0x20) & ~w & HIGHS) | ((del - ONES) & ~del & HIGHS);
+}
+
 /* Result of the shape recognisers: a value, "not the fast shape" (the caller returns
  * None), or a Python exception (MemoryError) to propagate. */
 #define OK 1
@@ -68,7 +91,7 @@ init_classes(void)
 
 /* ---- objects handed over by message.py at import (setup()) ---- */
 
-static PyTypeObject *RequestType, *ResponseType, *SipUriType, *ViaType, *NameAddrType,
+static PyTypeObject *MessageType, *RequestType, *ResponseType, *SipUriType, *ViaType, *NameAddrType,
     *CSeqType;
 static PyObject *Star, *EmptyParams;
 static PyObject *CompactKeys[26]; /* 'a'..'z' -> full key, or NULL */
@@ -106,10 +129,13 @@ static Py_ssize_t lim_size, lim_headers, lim_line, lim_uri;
 static PyObject *
 S(const char *p, Py_ssize_t n)
 {
-    unsigned char high = 0;
-    for (Py_ssize_t i = 0; i < n; i++)
+    uint64_t high = 0;
+    Py_ssize_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        high |= load8(p + i);
+    for (; i < n; i++)
         high |= (unsigned char)p[i];
-    if (high & 0x80)
+    if (high & HIGHS)
         return PyUnicode_DecodeUTF8(p, n, "surrogateescape");
     PyObject *s = PyUnicode_New(n, 127);
     if (s != NULL && n > 0)
@@ -1139,8 +1165,11 @@ cparse(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
      * every grammar class is ASCII-only, so they never enter a URI, token or param. */
     Py_ssize_t line_start[MAX_LINES], line_len[MAX_LINES];
     Py_ssize_t max_lines = lim_headers < MAX_LINES - 1 ? lim_headers + 1 : MAX_LINES;
-    Py_ssize_t nlines = 0, ls = start;
-    for (Py_ssize_t i = start; i <= end; i++) {
+    Py_ssize_t nlines = 0, ls = start, i = start;
+    for (;;) {
+        /* Skip ordinary bytes a word at a time; stop at a possible control byte. */
+        while (i + 8 <= end && !maybe_control(load8(buf + i)))
+            i += 8;
         unsigned char c = i < end ? (unsigned char)buf[i] : '\r';
         if (c == '\r') {
             if (i < end && buf[i + 1] != '\n')
@@ -1150,16 +1179,17 @@ cparse(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             line_start[nlines] = ls;
             line_len[nlines] = i - ls;
             nlines++;
-            if (i < end) {
-                i++; /* the LF */
-                ls = i + 1;
-                if (ls < end && (buf[ls] == ' ' || buf[ls] == '\t'))
-                    return not_fast(); /* folded line */
-            }
+            if (i >= end)
+                break;
+            i += 2; /* CR LF */
+            ls = i;
+            if (ls < end && (buf[ls] == ' ' || buf[ls] == '\t'))
+                return not_fast(); /* folded line */
+            continue;
         }
-        else if ((c < 0x20 && c != '\t') || c == 0x7f) {
+        if ((c < 0x20 && c != '\t') || c == 0x7f)
             return not_fast();
-        }
+        i++;
     }
 
     /* Header lines. */
@@ -1336,6 +1366,170 @@ done:
     return result;
 }
 
+/* ---- accessors: the typed cache and header params, read without a Python frame ----
+ *
+ * A Python property costs a frame per read, and the proxy reads Via, From, To, Call-ID
+ * and CSeq of every message several times. These two descriptors do in C what the
+ * Python properties in message.py and headers.py do (message.py installs them over
+ * those properties when this module loads; tests/test_sip_cparse.py holds them equal). */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *key;     /* CachedAttr: typed-cache key; ParamAttr: parameter name */
+    PyObject *compute; /* CachedAttr: callable(message) -> value, for a cache miss */
+    Py_ssize_t index;  /* ParamAttr: the tuple field that holds the params dict */
+    PyObject *doc;
+} Attr;
+
+static int
+attr_traverse(Attr *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->key);
+    Py_VISIT(self->compute);
+    Py_VISIT(self->doc);
+    return 0;
+}
+
+static int
+attr_clear(Attr *self)
+{
+    Py_CLEAR(self->key);
+    Py_CLEAR(self->compute);
+    Py_CLEAR(self->doc);
+    return 0;
+}
+
+static void
+attr_dealloc(Attr *self)
+{
+    PyObject_GC_UnTrack(self);
+    attr_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *
+attr_get_doc(Attr *self, void *closure)
+{
+    return Py_NewRef(self->doc ? self->doc : Py_None);
+}
+
+static PyGetSetDef attr_getset[] = {{"__doc__", (getter)attr_get_doc, NULL, NULL, NULL},
+                                    {NULL, NULL, NULL, NULL, NULL}};
+
+/* Equivalent of:  try: return msg._typed[key]
+ *                 except KeyError: msg._typed[key] = v = compute(msg); return v */
+static PyObject *
+cached_get(Attr *self, PyObject *obj, PyObject *type)
+{
+    if (obj == NULL || obj == Py_None)
+        return Py_NewRef(self);
+    if (MessageType == NULL || !PyObject_TypeCheck(obj, MessageType)) {
+        PyErr_Format(PyExc_TypeError, "expected a SIP message, got %.100s",
+                     Py_TYPE(obj)->tp_name);
+        return NULL;
+    }
+    PyObject *typed = *(PyObject **)((char *)obj + off_typed);
+    if (typed != NULL && PyDict_CheckExact(typed)) {
+        PyObject *v = PyDict_GetItemWithError(typed, self->key);
+        if (v != NULL)
+            return Py_NewRef(v);
+        if (PyErr_Occurred())
+            return NULL;
+    }
+    PyObject *v = PyObject_CallOneArg(self->compute, obj);
+    if (v == NULL)
+        return NULL;
+    typed = *(PyObject **)((char *)obj + off_typed); /* compute() may have replaced it */
+    if (typed != NULL && PyDict_CheckExact(typed) && PyDict_SetItem(typed, self->key, v) < 0) {
+        Py_DECREF(v);
+        return NULL;
+    }
+    return v;
+}
+
+/* Equivalent of:  return self.params.get(name)  on a NamedTuple (Via, NameAddr). */
+static PyObject *
+param_get(Attr *self, PyObject *obj, PyObject *type)
+{
+    if (obj == NULL || obj == Py_None)
+        return Py_NewRef(self);
+    if (!PyTuple_Check(obj) || PyTuple_GET_SIZE(obj) <= self->index) {
+        PyErr_Format(PyExc_TypeError, "expected a header value, got %.100s",
+                     Py_TYPE(obj)->tp_name);
+        return NULL;
+    }
+    PyObject *params = PyTuple_GET_ITEM(obj, self->index);
+    if (!PyDict_CheckExact(params))
+        return PyObject_CallMethod(params, "get", "O", self->key);
+    PyObject *v = PyDict_GetItemWithError(params, self->key);
+    if (v == NULL && PyErr_Occurred())
+        return NULL;
+    return Py_NewRef(v ? v : Py_None);
+}
+
+static PyObject *
+attr_new(PyTypeObject *type, PyObject *key, PyObject *compute, Py_ssize_t index, PyObject *doc)
+{
+    Attr *self = PyObject_GC_New(Attr, type);
+    if (self == NULL)
+        return NULL;
+    self->key = Py_NewRef(key);
+    self->compute = Py_XNewRef(compute);
+    self->index = index;
+    self->doc = doc == Py_None ? NULL : Py_XNewRef(doc);
+    PyObject_GC_Track(self);
+    return (PyObject *)self;
+}
+
+static PyTypeObject CachedAttrType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "spitguard.sip._cparse.CachedAttr",
+    .tp_basicsize = sizeof(Attr),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_dealloc = (destructor)attr_dealloc,
+    .tp_traverse = (traverseproc)attr_traverse,
+    .tp_clear = (inquiry)attr_clear,
+    .tp_descr_get = (descrgetfunc)cached_get,
+    .tp_getset = attr_getset,
+};
+
+static PyTypeObject ParamAttrType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "spitguard.sip._cparse.ParamAttr",
+    .tp_basicsize = sizeof(Attr),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_dealloc = (destructor)attr_dealloc,
+    .tp_traverse = (traverseproc)attr_traverse,
+    .tp_clear = (inquiry)attr_clear,
+    .tp_descr_get = (descrgetfunc)param_get,
+    .tp_getset = attr_getset,
+};
+
+static PyObject *
+cached_attr(PyObject *module, PyObject *args)
+{
+    PyObject *key, *compute, *doc = Py_None;
+    if (!PyArg_ParseTuple(args, "UO|O", &key, &compute, &doc))
+        return NULL;
+    if (!PyCallable_Check(compute)) {
+        PyErr_SetString(PyExc_TypeError, "compute must be callable");
+        return NULL;
+    }
+    return attr_new(&CachedAttrType, key, compute, 0, doc);
+}
+
+static PyObject *
+param_attr(PyObject *module, PyObject *args)
+{
+    PyObject *name, *doc = Py_None;
+    Py_ssize_t index;
+    if (!PyArg_ParseTuple(args, "nU|O", &index, &name, &doc))
+        return NULL;
+    if (index < 0) {
+        PyErr_SetString(PyExc_ValueError, "index must be >= 0");
+        return NULL;
+    }
+    return attr_new(&ParamAttrType, name, NULL, index, doc);
+}
+
 /* ---- setup: the Python classes and constants this builds ---- */
 
 static int
@@ -1384,9 +1578,10 @@ intern(const char *s)
 static PyObject *
 setup(PyObject *module, PyObject *args)
 {
-    PyObject *req, *resp, *sip_uri, *via, *name_addr, *cseq, *star, *empty, *compact;
+    PyObject *base, *req, *resp, *sip_uri, *via, *name_addr, *cseq, *star, *empty, *compact;
     ready = 0;
-    if (!PyArg_ParseTuple(args, "O!O!OOOOOO!O!", &PyType_Type, &req, &PyType_Type, &resp,
+    if (!PyArg_ParseTuple(args, "O!O!O!OOOOOO!O!", &PyType_Type, &base, &PyType_Type, &req,
+                          &PyType_Type, &resp,
                           &sip_uri, &via, &name_addr, &cseq, &star, &PyDict_Type, &empty,
                           &PyDict_Type, &compact))
         return NULL;
@@ -1396,6 +1591,10 @@ setup(PyObject *module, PyObject *args)
         tuple_type(cseq, 2, &CSeqType, "CSeq") < 0)
         return NULL;
     PyTypeObject *rq = (PyTypeObject *)req, *rs = (PyTypeObject *)resp;
+    if (!PyType_IsSubtype(rq, (PyTypeObject *)base) || !PyType_IsSubtype(rs, (PyTypeObject *)base)) {
+        PyErr_SetString(PyExc_TypeError, "Request and Response must derive from Message");
+        return NULL;
+    }
     if (slot_offset(rq, "_fields", &off_fields) < 0 || slot_offset(rq, "_body", &off_body) < 0 ||
         slot_offset(rq, "_raw", &off_raw) < 0 || slot_offset(rq, "_typed", &off_typed) < 0 ||
         slot_offset(rq, "defects", &off_defects) < 0 ||
@@ -1411,6 +1610,7 @@ setup(PyObject *module, PyObject *args)
         PyErr_SetString(PyExc_TypeError, "Request and Response must share Message's slots");
         return NULL;
     }
+    Py_XSETREF(MessageType, (PyTypeObject *)Py_NewRef(base));
     Py_XSETREF(RequestType, (PyTypeObject *)Py_NewRef(req));
     Py_XSETREF(ResponseType, (PyTypeObject *)Py_NewRef(resp));
     Py_XSETREF(Star, Py_NewRef(star));
@@ -1444,8 +1644,15 @@ static PyMethodDef methods[] = {
      "parse(data, limits) -> Request | Response | None\n\n"
      "The everyday shapes of spitguard.sip.parse(); None for anything else (the Python "
      "parser then decides, and is the only one that raises)."},
-    {"setup", setup, METH_VARARGS, "setup(Request, Response, SipUri, Via, NameAddr, CSeq, "
-                                   "STAR, EMPTY_PARAMS, COMPACT): the classes to build."},
+    {"setup", setup, METH_VARARGS,
+     "setup(Message, Request, Response, SipUri, Via, NameAddr, CSeq, STAR, EMPTY_PARAMS, "
+     "COMPACT): the classes to build."},
+    {"CachedAttr", cached_attr, METH_VARARGS,
+     "CachedAttr(key, compute, doc=None): a message attribute read from the typed cache; "
+     "on a miss, compute(message) fills it."},
+    {"ParamAttr", param_attr, METH_VARARGS,
+     "ParamAttr(index, name, doc=None): params.get(name) of a NamedTuple header value "
+     "whose field `index` holds the params."},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef moduledef = {
@@ -1495,6 +1702,8 @@ PyInit__cparse(void)
         (K_contact = intern("contact")) == NULL || (K_expires = intern("expires")) == NULL ||
         (K_route = intern("route")) == NULL || (K_record_route = intern("record-route")) == NULL ||
         (K_proxy_require = intern("proxy-require")) == NULL)
+        return NULL;
+    if (PyType_Ready(&CachedAttrType) < 0 || PyType_Ready(&ParamAttrType) < 0)
         return NULL;
     return PyModule_Create(&moduledef);
 }

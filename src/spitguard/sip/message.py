@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol
+from operator import attrgetter
+from typing import Any, ClassVar, Generic, Protocol, TypeVar, overload
 
 from .auth import AuthChallenge, AuthCredentials, parse_challenge, parse_credentials
 from .errors import SipParseError
@@ -60,6 +61,7 @@ class Limits:
 
 
 DEFAULT_LIMITS = Limits()
+T = TypeVar("T")
 
 # Headers that carry one value; a second copy is a defect the proxy answers with 400.
 SINGLE_VALUED = ("from", "to", "call-id", "cseq", "max-forwards", "content-type", "expires")
@@ -108,6 +110,146 @@ REASONS: dict[int, str] = {
     513: "Message Too Large",
     603: "Decline",
 }
+
+
+# --- typed parsers used by the accessors (and eagerly by parse) ---------------------
+
+
+def _header_text(value: object) -> str:
+    text = value if isinstance(value, str) else str(value)
+    if "\r" in text or "\n" in text:
+        raise ValueError("header values cannot contain line breaks")
+    return text
+
+
+def _all_vias(msg: Message) -> list[Via]:
+    out: list[Via] = []
+    for v in msg.get_all("via"):
+        out.extend(parse_vias(v))
+    return out
+
+
+def _required_name_addr(key: str) -> Callable[[Message], NameAddr]:
+    def parse(msg: Message) -> NameAddr:
+        value = msg.get(key)
+        if value is None:
+            raise SipParseError("missing_header", key)
+        return parse_name_addr(value)
+
+    return parse
+
+
+def _name_addr_list(key: str) -> Callable[[Message], list[NameAddr]]:
+    def parse(msg: Message) -> list[NameAddr]:
+        out: list[NameAddr] = []
+        for v in msg.get_all(key):
+            out.extend(parse_name_addrs(v))
+        return out
+
+    return parse
+
+
+def _token_list(key: str) -> Callable[[Message], list[str]]:
+    def parse(msg: Message) -> list[str]:
+        out: list[str] = []
+        for v in msg.get_all(key):
+            out.extend(parse_token_list(v))
+        return out
+
+    return parse
+
+
+# The accessors' parsers, built once: the proxy reads From, To, Route and Proxy-Require
+# of every request, and building a closure per access showed up in profiles.
+_FROM = _required_name_addr("from")
+_TO = _required_name_addr("to")
+_ROUTES = _name_addr_list("route")
+_RECORD_ROUTES = _name_addr_list("record-route")
+_PATHS = _name_addr_list("path")
+_SUPPORTED = _token_list("supported")
+_REQUIRE = _token_list("require")
+_PROXY_REQUIRE = _token_list("proxy-require")
+
+
+def _call_id(msg: Message) -> str:
+    value = msg.get("call-id")
+    if value is None:
+        raise SipParseError("missing_header", "call-id")
+    return _check_call_id(value)
+
+
+def _check_call_id(value: str) -> str:
+    if not value or " " in value or "\t" in value:
+        raise SipParseError("bad_call_id", value[:60])
+    return value
+
+
+def _cseq(msg: Message) -> CSeq:
+    value = msg.get("cseq")
+    if value is None:
+        raise SipParseError("missing_header", "cseq")
+    return parse_cseq(value)
+
+
+def _max_forwards(msg: Message) -> int | None:
+    value = msg.get("max-forwards")
+    return None if value is None else parse_uint(value, 255, "bad_max_forwards")
+
+
+def _contacts(msg: Message) -> list[NameAddr] | ContactStar:
+    values = msg.get_all("contact")
+    if len(values) == 1:
+        return parse_contacts(values[0])
+    out: list[NameAddr] = []
+    for v in values:
+        parsed = parse_contacts(v)
+        if isinstance(parsed, ContactStar):
+            raise SipParseError("bad_contact", "'*' mixed with other contacts")
+        out.extend(parsed)
+    return out
+
+
+def _expires(msg: Message) -> int | None:
+    value = msg.get("expires")
+    return None if value is None else parse_uint(value, MAX_UINT32, "bad_expires")
+
+
+def _content_type(msg: Message) -> MediaType | None:
+    value = msg.get("content-type")
+    return None if value is None else parse_media_type(value)
+
+
+def _event(msg: Message) -> Event | None:
+    value = msg.get("event")
+    return None if value is None else parse_event(value)
+
+
+class _Cached(Generic[T]):
+    """A message attribute parsed from its header on first read and kept in the typed
+    cache (`parse()` fills the cache for the headers it validates). Where the C
+    extension is built, `_cparse.CachedAttr` takes its place: the same, without a
+    Python frame per read."""
+
+    __slots__ = ("compute", "doc", "key")
+
+    def __init__(self, key: str, compute: Callable[[Message], T], doc: str | None = None):
+        self.key = key
+        self.compute = compute
+        self.doc = doc
+
+    @overload
+    def __get__(self, obj: None, owner: type[Any]) -> _Cached[T]: ...
+    @overload
+    def __get__(self, obj: Message, owner: type[Any]) -> T: ...
+    def __get__(self, obj: Message | None, owner: type[Any]) -> T | _Cached[T]:
+        if obj is None:
+            return self
+        typed = obj._typed
+        try:
+            return typed[self.key]  # type: ignore[no-any-return]
+        except KeyError:
+            value = typed[self.key] = self.compute(obj)
+            return value
 
 
 class Message:
@@ -247,20 +389,25 @@ class Message:
         return top
 
     # --- typed access --------------------------------------------------------------
-    def _cached(self, key: str, parse: Any) -> Any:
-        typed = self._typed
-        if key in typed:
-            return typed[key]
-        value = parse(self)
-        typed[key] = value
-        return value
-
-    @property
-    def vias(self) -> list[Via]:
-        try:  # parse() fills the cache: reading it is the usual case
-            return self._typed["via"]  # type: ignore[no-any-return]
-        except KeyError:
-            return self._cached("via", _all_vias)  # type: ignore[no-any-return]
+    # Parsed on first read and cached; parse() fills the cache for the headers it
+    # validates (Via, From, To, Call-ID, CSeq, Max-Forwards, Contact, Expires, Route,
+    # Record-Route, and an absent Proxy-Require).
+    vias = _Cached("via", _all_vias)
+    from_ = _Cached("from", _FROM)
+    to = _Cached("to", _TO)
+    call_id = _Cached("call-id", _call_id)
+    cseq = _Cached("cseq", _cseq)
+    max_forwards = _Cached("max-forwards", _max_forwards)
+    contacts = _Cached("contact", _contacts, "Contact values; `STAR` for `Contact: *`; [] if none.")
+    expires = _Cached("expires", _expires)
+    routes = _Cached("route", _ROUTES)
+    record_routes = _Cached("record-route", _RECORD_ROUTES)
+    paths = _Cached("path", _PATHS)
+    content_type = _Cached("content-type", _content_type)
+    event = _Cached("event", _event)
+    supported = _Cached("supported", _SUPPORTED)
+    require = _Cached("require", _REQUIRE)
+    proxy_require = _Cached("proxy-require", _PROXY_REQUIRE)
 
     @property
     def via(self) -> Via:
@@ -271,114 +418,8 @@ class Message:
         return vias[0]
 
     @property
-    def from_(self) -> NameAddr:
-        try:  # parse() fills the cache: reading it is the usual case
-            return self._typed["from"]  # type: ignore[no-any-return]
-        except KeyError:
-            return self._cached("from", _FROM)  # type: ignore[no-any-return]
-
-    @property
-    def to(self) -> NameAddr:
-        try:  # parse() fills the cache: reading it is the usual case
-            return self._typed["to"]  # type: ignore[no-any-return]
-        except KeyError:
-            return self._cached("to", _TO)  # type: ignore[no-any-return]
-
-    @property
-    def call_id(self) -> str:
-        try:  # parse() fills the cache: reading it is the usual case
-            return self._typed["call-id"]  # type: ignore[no-any-return]
-        except KeyError:
-            return self._cached("call-id", _call_id)  # type: ignore[no-any-return]
-
-    @property
-    def cseq(self) -> CSeq:
-        try:  # parse() fills the cache: reading it is the usual case
-            return self._typed["cseq"]  # type: ignore[no-any-return]
-        except KeyError:
-            return self._cached("cseq", _cseq)  # type: ignore[no-any-return]
-
-    @property
-    def max_forwards(self) -> int | None:
-        try:  # parse() fills the cache: reading it is the usual case
-            return self._typed["max-forwards"]  # type: ignore[no-any-return]
-        except KeyError:
-            return self._cached("max-forwards", _max_forwards)  # type: ignore[no-any-return]
-
-    @property
-    def contacts(self) -> list[NameAddr] | ContactStar:
-        """Contact values; `STAR` for `Contact: *`; an empty list when absent."""
-        try:  # parse() fills the cache: reading it is the usual case
-            return self._typed["contact"]  # type: ignore[no-any-return]
-        except KeyError:
-            return self._cached("contact", _contacts)  # type: ignore[no-any-return]
-
-    @property
-    def expires(self) -> int | None:
-        try:  # parse() fills the cache: reading it is the usual case
-            return self._typed["expires"]  # type: ignore[no-any-return]
-        except KeyError:
-            return self._cached("expires", _expires)  # type: ignore[no-any-return]
-
-    @property
-    def routes(self) -> list[NameAddr]:
-        try:  # parse() fills the cache: reading it is the usual case
-            return self._typed["route"]  # type: ignore[no-any-return]
-        except KeyError:
-            return self._cached("route", _ROUTES)  # type: ignore[no-any-return]
-
-    @property
-    def record_routes(self) -> list[NameAddr]:
-        try:  # parse() fills the cache: reading it is the usual case
-            return self._typed["record-route"]  # type: ignore[no-any-return]
-        except KeyError:
-            return self._cached("record-route", _RECORD_ROUTES)  # type: ignore[no-any-return]
-
-    @property
-    def paths(self) -> list[NameAddr]:
-        try:  # parse() fills the cache: reading it is the usual case
-            return self._typed["path"]  # type: ignore[no-any-return]
-        except KeyError:
-            return self._cached("path", _PATHS)  # type: ignore[no-any-return]
-
-    @property
-    def content_type(self) -> MediaType | None:
-        try:  # parse() fills the cache: reading it is the usual case
-            return self._typed["content-type"]  # type: ignore[no-any-return]
-        except KeyError:
-            return self._cached("content-type", _content_type)  # type: ignore[no-any-return]
-
-    @property
     def content_length(self) -> int:
         return len(self._body)
-
-    @property
-    def event(self) -> Event | None:
-        try:  # parse() fills the cache: reading it is the usual case
-            return self._typed["event"]  # type: ignore[no-any-return]
-        except KeyError:
-            return self._cached("event", _event)  # type: ignore[no-any-return]
-
-    @property
-    def supported(self) -> list[str]:
-        try:  # parse() fills the cache: reading it is the usual case
-            return self._typed["supported"]  # type: ignore[no-any-return]
-        except KeyError:
-            return self._cached("supported", _SUPPORTED)  # type: ignore[no-any-return]
-
-    @property
-    def require(self) -> list[str]:
-        try:  # parse() fills the cache: reading it is the usual case
-            return self._typed["require"]  # type: ignore[no-any-return]
-        except KeyError:
-            return self._cached("require", _REQUIRE)  # type: ignore[no-any-return]
-
-    @property
-    def proxy_require(self) -> list[str]:
-        try:  # parse() fills the cache: reading it is the usual case
-            return self._typed["proxy-require"]  # type: ignore[no-any-return]
-        except KeyError:
-            return self._cached("proxy-require", _PROXY_REQUIRE)  # type: ignore[no-any-return]
 
     @property
     def user_agent(self) -> str | None:
@@ -512,118 +553,6 @@ class Response(Message):
 
     def __repr__(self) -> str:
         return f"<Response {self.status} {self.reason}>"
-
-
-# --- typed parsers used by the accessors (and eagerly by parse) ---------------------
-
-
-def _header_text(value: object) -> str:
-    text = value if isinstance(value, str) else str(value)
-    if "\r" in text or "\n" in text:
-        raise ValueError("header values cannot contain line breaks")
-    return text
-
-
-def _all_vias(msg: Message) -> list[Via]:
-    out: list[Via] = []
-    for v in msg.get_all("via"):
-        out.extend(parse_vias(v))
-    return out
-
-
-def _required_name_addr(key: str) -> Any:
-    def parse(msg: Message) -> NameAddr:
-        value = msg.get(key)
-        if value is None:
-            raise SipParseError("missing_header", key)
-        return parse_name_addr(value)
-
-    return parse
-
-
-def _name_addr_list(key: str) -> Any:
-    def parse(msg: Message) -> list[NameAddr]:
-        out: list[NameAddr] = []
-        for v in msg.get_all(key):
-            out.extend(parse_name_addrs(v))
-        return out
-
-    return parse
-
-
-def _token_list(key: str) -> Any:
-    def parse(msg: Message) -> list[str]:
-        out: list[str] = []
-        for v in msg.get_all(key):
-            out.extend(parse_token_list(v))
-        return out
-
-    return parse
-
-
-# The accessors' parsers, built once: the proxy reads From, To, Route and Proxy-Require
-# of every request, and building a closure per access showed up in profiles.
-_FROM = _required_name_addr("from")
-_TO = _required_name_addr("to")
-_ROUTES = _name_addr_list("route")
-_RECORD_ROUTES = _name_addr_list("record-route")
-_PATHS = _name_addr_list("path")
-_SUPPORTED = _token_list("supported")
-_REQUIRE = _token_list("require")
-_PROXY_REQUIRE = _token_list("proxy-require")
-
-
-def _call_id(msg: Message) -> str:
-    value = msg.get("call-id")
-    if value is None:
-        raise SipParseError("missing_header", "call-id")
-    return _check_call_id(value)
-
-
-def _check_call_id(value: str) -> str:
-    if not value or " " in value or "\t" in value:
-        raise SipParseError("bad_call_id", value[:60])
-    return value
-
-
-def _cseq(msg: Message) -> CSeq:
-    value = msg.get("cseq")
-    if value is None:
-        raise SipParseError("missing_header", "cseq")
-    return parse_cseq(value)
-
-
-def _max_forwards(msg: Message) -> int | None:
-    value = msg.get("max-forwards")
-    return None if value is None else parse_uint(value, 255, "bad_max_forwards")
-
-
-def _contacts(msg: Message) -> list[NameAddr] | ContactStar:
-    values = msg.get_all("contact")
-    if len(values) == 1:
-        return parse_contacts(values[0])
-    out: list[NameAddr] = []
-    for v in values:
-        parsed = parse_contacts(v)
-        if isinstance(parsed, ContactStar):
-            raise SipParseError("bad_contact", "'*' mixed with other contacts")
-        out.extend(parsed)
-    return out
-
-
-def _expires(msg: Message) -> int | None:
-    value = msg.get("expires")
-    return None if value is None else parse_uint(value, MAX_UINT32, "bad_expires")
-
-
-def _content_type(msg: Message) -> MediaType | None:
-    value = msg.get("content-type")
-    return None if value is None else parse_media_type(value)
-
-
-def _event(msg: Message) -> Event | None:
-    value = msg.get("event")
-    return None if value is None else parse_event(value)
 
 
 # --- parse ----------------------------------------------------------------------------
@@ -916,8 +845,45 @@ def _load_cparse() -> _FastParser | None:
         from . import _cparse as module
     except ImportError:
         return None
-    module.setup(Request, Response, SipUri, Via, NameAddr, CSeq, STAR, EMPTY_PARAMS, dict(COMPACT))
+    module.setup(
+        Message,
+        Request,
+        Response,
+        SipUri,
+        Via,
+        NameAddr,
+        CSeq,
+        STAR,
+        EMPTY_PARAMS,
+        dict(COMPACT),
+    )
+    _install_accessors(module)
     return module
+
+
+# (class, attribute, the Python accessor the C one replaced): tests hold them equal.
+PYTHON_ACCESSORS: list[tuple[type, str, Any]] = []
+
+
+def _install_accessors(module: Any) -> None:
+    """Put C accessors in place of the hot Python ones: the same values, without a
+    Python frame per read (the proxy reads these several times per message)."""
+
+    def replace(cls: type, name: str, new: Any) -> None:
+        PYTHON_ACCESSORS.append((cls, name, vars(cls)[name]))
+        setattr(cls, name, new)
+
+    for name, attr in list(vars(Message).items()):
+        if isinstance(attr, _Cached):
+            replace(Message, name, module.CachedAttr(attr.key, attr.compute, attr.doc))
+    for header, names in ((Via, ("branch", "received")), (NameAddr, ("tag",))):
+        index = header._fields.index("params")
+        for name in names:
+            replace(header, name, module.ParamAttr(index, name, getattr(header, name).__doc__))
+    # Plain slot reads, with their setters kept: property() calling a C getter.
+    for cls, name, slot in ((Request, "uri", "_uri"), (Message, "body", "_body")):
+        old = vars(cls)[name]
+        replace(cls, name, property(attrgetter(slot), old.fset, doc=old.__doc__))
 
 
 _cparse = _load_cparse()
