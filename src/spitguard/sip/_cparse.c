@@ -871,8 +871,6 @@ name_objects(const char *p, Py_ssize_t n, const char *lk, Py_ssize_t ln, PyObjec
 /* ---- the message ---- */
 
 typedef struct {
-    const char *name; /* as written, up to the colon */
-    Py_ssize_t name_n;
     const char *value; /* stripped */
     Py_ssize_t value_n;
     int id;
@@ -1228,8 +1226,6 @@ cparse(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         const char *v = p + colon + 1;
         Py_ssize_t vn = n - colon - 1;
         strip(&v, &vn);
-        hs[h].name = p;
-        hs[h].name_n = colon;
         hs[h].value = v;
         hs[h].value_n = vn;
         hs[h].id = id;
