@@ -13,7 +13,7 @@ from spitguard.sip.auth import format_credentials
 from spitguard.sip.digest import DigestClient
 
 
-def wait_for(predicate: Callable[[], object], timeout: float = 10.0) -> None:
+def wait_for(predicate: Callable[[], object], timeout: float = 15.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
@@ -34,22 +34,33 @@ def silent(sock: socket.socket, seconds: float) -> bool:
     return True
 
 
-def register(sock: socket.socket, edge: EdgeServer, user: str, first_cseq: int = 1) -> None:
-    """A minimal phone: REGISTER, answer the 401 with digest, expect 200."""
+def register(
+    sock: socket.socket,
+    edge: EdgeServer,
+    user: str,
+    first_cseq: int = 1,
+    *,
+    password: str | None = None,
+    domain: str = DOMAIN,
+    contact_host: str = "",
+    expires: int = 300,
+) -> None:
+    """A minimal phone on `sock`: REGISTER, answer the 401 with digest, expect 200.
+    The password defaults to the harness's for `user`."""
     ip, port = sock.getsockname()
-    client = DigestClient(user, USERS[user])
+    client = DigestClient(user, USERS[user] if password is None else password)
     auth: str | None = None
     for cseq in range(first_cseq, first_cseq + 3):
         lines = [
-            f"REGISTER sip:{DOMAIN} SIP/2.0",
+            f"REGISTER sip:{domain} SIP/2.0",
             f"Via: SIP/2.0/UDP {ip}:{port};branch=z9hG4bK{user}{cseq}{time.monotonic_ns()};rport",
             "Max-Forwards: 70",
-            f"From: <sip:{user}@{DOMAIN}>;tag=t{user}",
-            f"To: <sip:{user}@{DOMAIN}>",
+            f"From: <sip:{user}@{domain}>;tag=t{user}",
+            f"To: <sip:{user}@{domain}>",
             f"Call-ID: reg-{user}-{port}",
             f"CSeq: {cseq} REGISTER",
-            f"Contact: <sip:{user}@{ip}:{port}>",
-            "Expires: 300",
+            f"Contact: <sip:{user}@{contact_host or ip}:{port}>",
+            f"Expires: {expires}",
             "User-Agent: PolycomVVX-VVX_450-UA/6.4.3.5018",
         ]
         if auth is not None:
@@ -70,7 +81,7 @@ def register(sock: socket.socket, edge: EdgeServer, user: str, first_cseq: int =
         assert resp.status == 401  # type: ignore[union-attr]
         challenge = resp.www_authenticate[0]
         auth = format_credentials(
-            client.authorize(challenge, method="REGISTER", uri=f"sip:{DOMAIN}")
+            client.authorize(challenge, method="REGISTER", uri=f"sip:{domain}")
         )
     raise AssertionError("could not register")
 

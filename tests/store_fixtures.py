@@ -89,3 +89,17 @@ async def on_connection(settings: Settings, work: Callable[[Connection], T]) -> 
 
 def current_revision(conn: Connection) -> str | None:
     return MigrationContext.configure(conn).get_current_revision()
+
+
+class NoHooks:
+    """Security hooks for a boot server built over a test store: nothing is banned,
+    nothing is recorded."""
+
+    def is_banned(self, source: str, now: float) -> bool:
+        return False
+
+    def ban(self, source: str, reason: str, now: float) -> None:
+        pass
+
+    def event(self, source: str, reason: str, now: float, **kw: object) -> None:
+        pass

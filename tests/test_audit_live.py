@@ -520,8 +520,9 @@ def test_an_audit_started_through_the_api_finds_the_registered_phone_answering(
     only from the edge), registers, and an operator starts an audit with an API token. The
     server probes from `audit.source`, an address the phone does not trust: it answers 400,
     so the verdict is "answers", shown next to the registration and the device."""
+    from edge_client import wait_for
     from spitguard.phone import ReferencePhone
-    from web_fixtures import ACME_MAC, PASSWORDS, login, portal_edge, wait_for
+    from web_fixtures import ACME_MAC, PASSWORDS, login, portal_edge
 
     source = scanner_ip(70)
     extra = f'[audit]\nsource = "{source}"\n'

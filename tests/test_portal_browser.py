@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
+from edge_client import wait_for
 from edge_server import DOMAIN
 from peers import phone_ip
 from spitguard.phone import ReferencePhone
@@ -28,7 +29,6 @@ from web_fixtures import (
     cli_ok,
     portal_edge,
     send_scanner_packet,
-    wait_for,
 )
 
 T = TypeVar("T")

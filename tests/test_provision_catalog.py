@@ -24,20 +24,10 @@ from spitguard.provision.profile import ProvisioningPolling
 from spitguard.provision.runtime import ProvisionServer
 from spitguard.store import Store, open_store
 from spitguard.store.models import Device
+from store_fixtures import NoHooks
 
 NOW = 1_700_000_000.0
 EDGE = Edge(host="edge.acme.test", trusted_origins=("192.0.2.10",))
-
-
-class NoHooks:
-    def is_banned(self, source: str, now: float) -> bool:
-        return False
-
-    def ban(self, source: str, reason: str, now: float) -> None:
-        pass
-
-    def event(self, source: str, reason: str, now: float, **kw: object) -> None:
-        pass
 
 
 def mac(i: int) -> str:

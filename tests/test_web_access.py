@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
+from edge_client import wait_for
 from edge_server import DOMAIN, USERS
 from web_fixtures import (
     ACME_MAC,
@@ -29,7 +30,6 @@ from web_fixtures import (
     register,
     send_scanner_packet,
     session_csrf,
-    wait_for,
 )
 
 MISSING_MAC = "0004f2ffffff"

@@ -20,23 +20,13 @@ from spitguard.proxy.nat import BEHIND_NAT, EXPOSED
 from spitguard.store import Store, open_store
 from spitguard.store.models import Binding, Device, DeviceLine, Domain, FetchLogRow, Line
 from spitguard.web import WebContext, create_app
+from store_fixtures import NoHooks
 
 PHONES = 20_000
 DEVICES = 20_000
 BROKEN_MAC = "0004f2ff0000"  # a vendor without a driver: its configuration cannot render
 OLD_VERSION = "0" * 64
 SLOW = 2.0  # seconds: a whole-fleet view must not take longer (measured: see the report)
-
-
-class NoHooks:
-    def is_banned(self, source: str, now: float) -> bool:
-        return False
-
-    def ban(self, source: str, reason: str, now: float) -> None:
-        pass
-
-    def event(self, source: str, reason: str, now: float, **kw: object) -> None:
-        pass
 
 
 def _mac(i: int) -> str:

@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import re
 import socket
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,10 +14,8 @@ from pathlib import Path
 import httpx
 
 from corpus import read
+from edge_client import register as edge_register
 from edge_server import DOMAIN, EDGE_HOST, EdgeServer, running_edge
-from spitguard.sip import Request, parse
-from spitguard.sip.auth import format_credentials
-from spitguard.sip.digest import DigestClient
 
 OTHER_DOMAIN = "beta.test"
 OTHER_USER, OTHER_PASSWORD = "bert", "bert-secret-4444"
@@ -55,61 +52,18 @@ def cli_ok(edge: EdgeServer, *args: str, input: str | None = None) -> str:
     return r.stdout
 
 
-def wait_for(predicate: Callable[[], object], timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError("condition not met in time")
-
-
 def register(
     edge: EdgeServer, ip: str, user: str, password: str, domain: str, *, contact_host: str = ""
 ) -> socket.socket:
-    """A minimal UDP phone at `ip`: REGISTER, answer the digest challenge, expect 200.
-    Returns the socket (close it to let the phone go)."""
+    """A minimal UDP phone at `ip`, registered through the edge. Returns the socket
+    (close it to let the phone go)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.bind((ip, 0))
     sock.settimeout(0.2)
-    port = sock.getsockname()[1]
-    client = DigestClient(user, password)
-    auth: str | None = None
-    for cseq in (1, 2):
-        lines = [
-            f"REGISTER sip:{domain} SIP/2.0",
-            f"Via: SIP/2.0/UDP {ip}:{port};branch=z9hG4bK{user}{cseq}{time.monotonic_ns()};rport",
-            "Max-Forwards: 70",
-            f"From: <sip:{user}@{domain}>;tag=t{user}",
-            f"To: <sip:{user}@{domain}>",
-            f"Call-ID: reg-{user}-{port}",
-            f"CSeq: {cseq} REGISTER",
-            f"Contact: <sip:{user}@{contact_host or ip}:{port}>",
-            "Expires: 600",
-            "User-Agent: PolycomVVX-VVX_450-UA/6.4.3.5018",
-        ]
-        if auth is not None:
-            lines.append(f"Authorization: {auth}")
-        sock.sendto(
-            ("\r\n".join([*lines, "Content-Length: 0"]) + "\r\n\r\n").encode(),
-            (EDGE_HOST, edge.udp_port),
-        )
-        deadline = time.monotonic() + 5
-        while True:
-            assert time.monotonic() < deadline, "no answer to REGISTER"
-            try:
-                resp = parse(sock.recvfrom(65535)[0])
-            except TimeoutError:
-                continue
-            if not isinstance(resp, Request) and resp.cseq.number == cseq:
-                break
-        if resp.status == 200:  # type: ignore[union-attr]
-            return sock
-        assert resp.status == 401  # type: ignore[union-attr]
-        auth = format_credentials(
-            client.authorize(resp.www_authenticate[0], method="REGISTER", uri=f"sip:{domain}")
-        )
-    raise AssertionError("could not register")
+    edge_register(
+        sock, edge, user, password=password, domain=domain, contact_host=contact_host, expires=600
+    )
+    return sock
 
 
 def send_scanner_packet(edge: EdgeServer, ip: str = SCANNER_IP) -> None:
